@@ -1,0 +1,1 @@
+"""Parquet catalogs: explicit schemas, atomic part files, compaction and search."""

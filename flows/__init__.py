@@ -1,0 +1,1 @@
+"""Prefect flows. They orchestrate; the work happens in archivox.tasks."""

@@ -1,0 +1,1 @@
+"""Named model factories."""

@@ -1,0 +1,1 @@
+"""Restoration stages and the per-item steps of an archive run."""

@@ -1,0 +1,227 @@
+"""Restoration stages and the chain that composes them.
+
+Audio everywhere in the chain is ``float32`` shaped ``(channels, samples)`` at
+the working rate (48 kHz unless a caller says otherwise).
+
+A stage is a callable object in the spirit of pedalboard's plugins: its
+parameters are dataclass fields whose names carry their units (``cutoff_hz``,
+``gain_db``), and it validates them on construction with messages that give
+the value and the valid range. Calling a stage runs ``detect`` and then
+``repair``; ``repair`` must return the input unchanged when ``detect`` found
+nothing, so that a stage never degrades a recording that did not need it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from archivox.errors import ConfigError
+
+WORKING_RATE_HZ = 48_000
+
+# The public order of the stage names. Users pass these to
+# ``archivox restore --stages``; scripts read them back from ``stages/``.
+# Clicks come before hum and hum before broadband noise because each later
+# stage estimates its own target from what the earlier ones leave behind.
+STAGE_ORDER: tuple[str, ...] = ("dc", "declick", "dehum", "declip", "denoise", "eq", "loudness")
+
+# name -> "module:attribute". Lazy so that the torch denoiser is imported
+# only when a chain actually uses it.
+_STAGE_CLASSES: dict[str, str] = {
+    "dc": "archivox.tasks.dc:DCOffset",
+    "declick": "archivox.tasks.declick:Declick",
+    "dehum": "archivox.tasks.dehum:Dehum",
+    "declip": "archivox.tasks.declip:Declip",
+    "denoise": "archivox.tasks.denoise:Denoise",
+    "eq": "archivox.tasks.eq:SpeechEQ",
+    "loudness": "archivox.tasks.loudness:Loudness",
+}
+
+
+@dataclass
+class StageOutput:
+    """What one stage returns: the repaired audio and what it measured."""
+
+    audio: np.ndarray
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage:
+    """Base class of every restoration stage.
+
+    Subclasses are dataclasses; they set ``name`` and override ``detect`` and
+    ``repair``. ``device`` is the compute device the stage ran on ("cpu" for
+    pure DSP stages).
+    """
+
+    name: ClassVar[str] = ""
+
+    def detect(self, audio: np.ndarray, sample_rate_hz: int) -> dict[str, Any]:
+        """Measure the defect this stage repairs. ``audio``: (channels, samples)."""
+        return {}
+
+    def repair(
+        self, audio: np.ndarray, sample_rate_hz: int, findings: Mapping[str, Any]
+    ) -> StageOutput:
+        """Return the repaired audio and metrics of what was changed."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def params(self) -> dict[str, Any]:
+        """The stage's settings, as recorded in ``stages/``."""
+        if dataclasses.is_dataclass(self):
+            return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
+        return {}
+
+    def __call__(self, audio: np.ndarray, sample_rate_hz: int = WORKING_RATE_HZ) -> StageOutput:
+        audio = as_channels_first(audio)
+        findings = self.detect(audio, sample_rate_hz)
+        out = self.repair(audio, sample_rate_hz, findings)
+        metrics = {**{f"found_{k}": v for k, v in findings.items()}, **out.metrics}
+        return StageOutput(as_channels_first(out.audio).astype(np.float32, copy=False), metrics)
+
+
+def as_channels_first(audio: np.ndarray) -> np.ndarray:
+    """Accept (samples,) or (channels, samples); return (channels, samples)."""
+    audio = np.asarray(audio)
+    if audio.ndim == 1:
+        return audio[np.newaxis, :]
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be (samples,) or (channels, samples), got shape {audio.shape}")
+    return audio
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    """Raise a ConfigError that names the value and the valid range."""
+    if not (low <= value <= high):
+        raise ConfigError(f"{name}={value!r} is out of range; valid range is [{low}, {high}]")
+
+
+@dataclass
+class StageRecord:
+    """One row of the ``stages/`` catalog, before the item id is attached."""
+
+    stage: str
+    position: int
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    seconds: float
+    device: str
+
+
+@dataclass
+class ChainResult:
+    audio: np.ndarray
+    records: list[StageRecord]
+
+
+class Chain:
+    """An ordered list of stages, applied one after the other."""
+
+    def __init__(self, stages: Sequence[Stage]):
+        self.stages = list(stages)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def __call__(self, audio: np.ndarray, sample_rate_hz: int = WORKING_RATE_HZ) -> ChainResult:
+        audio = as_channels_first(audio).astype(np.float32, copy=False)
+        records: list[StageRecord] = []
+        for position, stage in enumerate(self.stages):
+            started = time.perf_counter()
+            out = stage(audio, sample_rate_hz)
+            seconds = time.perf_counter() - started
+            records.append(
+                StageRecord(
+                    stage=stage.name,
+                    position=position,
+                    params=stage.params(),
+                    metrics=out.metrics,
+                    seconds=seconds,
+                    device=stage.device,
+                )
+            )
+            audio = out.audio
+        return ChainResult(audio=audio, records=records)
+
+    def __repr__(self) -> str:
+        return f"Chain({self.stages!r})"
+
+
+def stage_class(name: str) -> type[Stage]:
+    """Look a stage class up by its public name."""
+    if name not in _STAGE_CLASSES:
+        raise ConfigError(f"unknown stage {name!r}; valid stages are {', '.join(STAGE_ORDER)}")
+    module_name, attribute = _STAGE_CLASSES[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise ConfigError(f"stage {name!r} is not available in this build of archivox") from exc
+        raise
+    return getattr(module, attribute)
+
+
+def available_stages() -> list[str]:
+    """Names of the stages this installation can build, in chain order."""
+    names = []
+    for name in STAGE_ORDER:
+        try:
+            stage_class(name)
+        except ConfigError:
+            continue
+        names.append(name)
+    return names
+
+
+def parse_stage_list(text: str | Iterable[str]) -> list[str]:
+    """``"dc,dehum"`` -> ``["dc", "dehum"]``, validated, duplicates refused."""
+    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else [n.strip() for n in text]
+    names = [n for n in names if n]
+    for n in names:
+        if n not in _STAGE_CLASSES:
+            raise ConfigError(f"unknown stage {n!r}; valid stages are {', '.join(STAGE_ORDER)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"a stage is listed twice in {names}")
+    return names
+
+
+def build_stage(name: str, params: Mapping[str, Any] | None = None, **context: Any) -> Stage:
+    """Construct a stage from its name and settings.
+
+    ``context`` carries run-wide things a stage may accept (``device`` for the
+    neural denoiser); keys a stage does not take are ignored.
+    """
+    cls = stage_class(name)
+    params = dict(params or {})
+    field_names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    unknown = set(params) - field_names
+    if unknown:
+        raise ConfigError(
+            f"stage {name!r} has no parameter(s) {sorted(unknown)}; valid parameters are {sorted(field_names)}"
+        )
+    for key, value in context.items():
+        if key in field_names and key not in params:
+            params[key] = value
+    return cls(**params)
+
+
+def build_chain(
+    names: Sequence[str],
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    **context: Any,
+) -> Chain:
+    """Build a chain from stage names, always applied in ``STAGE_ORDER``."""
+    params = params or {}
+    ordered = sorted(parse_stage_list(names), key=STAGE_ORDER.index)
+    return Chain([build_stage(n, params.get(n), **context) for n in ordered])
