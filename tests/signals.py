@@ -1,0 +1,93 @@
+"""Test dummies: small synthetic signals and where the corpus lives.
+
+Every test that needs a made-up signal takes it from here, so that the
+generators are written once. Signals are float32 (channels, samples).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+RATE_HZ = 48_000
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def corpus_dir() -> Path | None:
+    """The shared corpus, or None when this checkout has none beside it."""
+    path = Path(os.environ.get("ARCHIVOX_CORPUS", REPO_ROOT.parent / "shared" / "corpus"))
+    return path if (path / "manifest.csv").is_file() else None
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def seconds(duration_s: float, rate_hz: int = RATE_HZ) -> np.ndarray:
+    return np.arange(int(round(duration_s * rate_hz))) / rate_hz
+
+
+def tone(freq_hz: float, duration_s: float, level_db: float = -20.0, rate_hz: int = RATE_HZ) -> np.ndarray:
+    t = seconds(duration_s, rate_hz)
+    return (10 ** (level_db / 20) * np.sqrt(2) * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)[None, :]
+
+
+def hum(fundamental_hz: float, duration_s: float, level_db: float = -30.0, harmonics: int = 6,
+        drift_hz: float = 0.0, rate_hz: int = RATE_HZ) -> np.ndarray:
+    """Mains hum: a fundamental and harmonics with falling level; optional slow drift (±drift_hz)."""
+    t = seconds(duration_s, rate_hz)
+    inst = fundamental_hz + drift_hz * np.sin(2 * np.pi * 0.1 * t)
+    phase = 2 * np.pi * np.cumsum(inst) / rate_hz
+    out = np.zeros_like(t)
+    for k in range(1, harmonics + 1):
+        out += (0.6 ** (k - 1)) * np.sin(k * phase + 0.3 * k)
+    out *= 10 ** (level_db / 20) / np.sqrt(np.mean(out ** 2))
+    return out.astype(np.float32)[None, :]
+
+
+def white_noise(duration_s: float, level_db: float = -40.0, seed: int = 0, rate_hz: int = RATE_HZ) -> np.ndarray:
+    return (10 ** (level_db / 20) * rng(seed).standard_normal(int(round(duration_s * rate_hz)))).astype(np.float32)[None, :]
+
+
+def speech_like(duration_s: float, level_db: float = -23.0, seed: int = 0, rate_hz: int = RATE_HZ) -> np.ndarray:
+    """A voiced-speech stand-in: harmonic bursts (syllables) with a moving pitch and pauses."""
+    r = rng(seed)
+    t = seconds(duration_s, rate_hz)
+    pitch = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / rate_hz
+    voiced = sum((1.0 / k) * np.sin(k * phase) for k in range(1, 25))
+    syllables = np.clip(np.sin(2 * np.pi * 3.5 * t + r.uniform(0, 6)), 0, None) ** 2
+    pauses = (np.sin(2 * np.pi * 0.25 * t) > -0.6).astype(float)
+    out = voiced * syllables * pauses + 0.02 * r.standard_normal(t.size) * syllables
+    out *= 10 ** (level_db / 20) / max(np.sqrt(np.mean(out ** 2)), 1e-9)
+    return out.astype(np.float32)[None, :]
+
+
+def clicks(duration_s: float, rate_per_s: float, amplitude: float = 0.5, seed: int = 0,
+           rate_hz: int = RATE_HZ) -> tuple[np.ndarray, np.ndarray]:
+    """Impulses of 1-4 samples at random places. Returns (signal, click sample indices)."""
+    r = rng(seed)
+    n = int(round(duration_s * rate_hz))
+    count = int(round(duration_s * rate_per_s))
+    positions = np.sort(r.choice(np.arange(100, n - 100), size=count, replace=False))
+    out = np.zeros(n, dtype=np.float32)
+    for p in positions:
+        width = r.integers(1, 5)
+        out[p:p + width] = amplitude * r.choice([-1.0, 1.0]) * r.uniform(0.5, 1.0)
+    return out[None, :], positions
+
+
+def rms_db(audio: np.ndarray) -> float:
+    return float(20 * np.log10(np.sqrt(np.mean(np.asarray(audio, dtype=np.float64) ** 2)) + 1e-20))
+
+
+def si_sdr_db(estimate: np.ndarray, reference: np.ndarray) -> float:
+    """Scale-invariant SDR of estimate against reference, in dB."""
+    est = np.asarray(estimate, dtype=np.float64).ravel()
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    n = min(est.size, ref.size)
+    est, ref = est[:n] - est[:n].mean(), ref[:n] - ref[:n].mean()
+    target = (est @ ref) / (ref @ ref + 1e-20) * ref
+    return float(10 * np.log10((target @ target + 1e-20) / ((est - target) @ (est - target) + 1e-20)))
