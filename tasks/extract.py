@@ -1,0 +1,224 @@
+"""Probing and decoding media with ffmpeg.
+
+Every ffmpeg call is hardened the same way: the input is passed as a
+``file:`` URL (so a name such as ``http:x`` or ``-i`` is never read as a
+protocol or an option), only the ``file`` protocol is whitelisted (a playlist
+cannot reach other files or the network), and the process has a timeout.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import ffmpeg
+import numpy as np
+
+from archivox.errors import ConfigError, MediaError
+from archivox.tasks.chain import WORKING_RATE_HZ
+
+ChannelPolicy = Literal["mix", "left", "right", "speech"]
+CHANNEL_POLICIES: tuple[str, ...] = ("mix", "left", "right", "speech")
+
+# Bytes of ffmpeg's stderr kept in an error message: enough to see the cause,
+# not so much that a catalog row holds a whole log.
+_STDERR_TAIL = 1500
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_exe() -> str:
+    """The system ffmpeg when on PATH, else the one shipped by imageio-ffmpeg."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:  # pragma: no cover - a dependency of archivox
+        raise ConfigError("no ffmpeg found: install ffmpeg or `pip install imageio-ffmpeg`") from exc
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _file_url(path: Path) -> str:
+    return "file:" + str(Path(path).absolute())
+
+
+def _stderr_tail(stderr: bytes) -> str:
+    text = stderr.decode("utf-8", "replace").strip()
+    return text[-_STDERR_TAIL:]
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What probing found in a file."""
+
+    container: str
+    duration_s: float
+    audio_streams: int
+    video_streams: int
+    sample_rate_hz: int
+    channels: int
+    codec: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def probe(path: Path, timeout_s: float = 60.0) -> MediaInfo:
+    """Describe the first audio stream of ``path``; MediaError if there is none.
+
+    PyAV (a dependency of faster-whisper) reads the header with the same
+    libavformat as ffmpeg; the file protocol is the only one allowed.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: file is empty (0 bytes)")
+    try:
+        with av.open(
+            str(path.absolute()),
+            options={"protocol_whitelist": "file"},
+            timeout=timeout_s,
+        ) as container:
+            audio = [s for s in container.streams if s.type == "audio"]
+            video = [s for s in container.streams if s.type == "video" and not _is_cover_art(s)]
+            if not audio:
+                raise MediaError(f"{path}: no audio stream (found {len(video)} video stream(s))")
+            first = audio[0]
+            duration_s = _duration_s(container, first)
+            rate = int(first.codec_context.sample_rate or first.rate or 0)
+            channels = int(first.codec_context.channels if hasattr(first.codec_context, "channels") else first.codec_context.layout.nb_channels)
+            if rate <= 0 or channels <= 0:
+                raise MediaError(f"{path}: audio stream has no usable sample rate or channel count")
+            return MediaInfo(
+                container=str(container.format.name),
+                duration_s=duration_s,
+                audio_streams=len(audio),
+                video_streams=len(video),
+                sample_rate_hz=rate,
+                channels=channels,
+                codec=str(first.codec_context.name),
+            )
+    except MediaError:
+        raise
+    except Exception as exc:  # PyAV raises many error types for bad media
+        raise MediaError(f"{path}: not readable as media ({type(exc).__name__}: {exc})") from exc
+
+
+def _is_cover_art(stream) -> bool:
+    disposition = getattr(stream, "disposition", None)
+    try:
+        return bool(disposition is not None and int(disposition) & 0x400)  # AV_DISPOSITION_ATTACHED_PIC
+    except TypeError:
+        return False
+
+
+def _duration_s(container, stream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return float(container.duration) / 1_000_000
+    return 0.0
+
+
+def decode(
+    path: Path,
+    *,
+    rate_hz: int = WORKING_RATE_HZ,
+    stream_index: int = 0,
+    timeout_s: float = 3600.0,
+) -> np.ndarray:
+    """Decode one audio stream to float32 (channels, samples) at ``rate_hz``.
+
+    ``stream_index`` counts audio streams only (0 is the first audio stream).
+    """
+    path = Path(path)
+    info = probe(path)
+    if stream_index >= info.audio_streams:
+        raise MediaError(f"{path}: audio stream {stream_index} asked for, file has {info.audio_streams}")
+    command = (
+        ffmpeg.input(_file_url(path), protocol_whitelist="file")
+        .output("pipe:", format="f32le", acodec="pcm_f32le", ar=rate_hz, map=f"0:a:{stream_index}")
+        .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-xerror")
+        .compile(cmd=ffmpeg_exe())
+    )
+    try:
+        proc = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise MediaError(f"{path}: ffmpeg did not finish decoding within {timeout_s:.0f} s") from exc
+    if proc.returncode != 0:
+        raise MediaError(f"{path}: ffmpeg could not decode the audio: {_stderr_tail(proc.stderr)}")
+    samples = np.frombuffer(proc.stdout, dtype="<f4")
+    channels = info.channels
+    if samples.size == 0:
+        raise MediaError(f"{path}: the audio stream decodes to zero samples")
+    if samples.size % channels:
+        # ffmpeg downmixed or upmixed layouts it cannot represent; trust the data over the header.
+        channels = 1
+    audio = samples.reshape(-1, channels).T.copy()
+    if not np.all(np.isfinite(audio)):
+        audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+    return audio
+
+
+def speech_band_energy(audio: np.ndarray, rate_hz: int) -> np.ndarray:
+    """Energy per channel in 300-3400 Hz, where speech carries its intelligibility. Shape (channels,)."""
+    from scipy import signal
+
+    sos = signal.butter(4, [300, min(3400, rate_hz / 2 - 1)], btype="bandpass", fs=rate_hz, output="sos")
+    band = signal.sosfilt(sos, audio, axis=1)
+    return np.mean(band.astype(np.float64) ** 2, axis=1)
+
+
+def apply_channel_policy(audio: np.ndarray, policy: str, rate_hz: int = WORKING_RATE_HZ) -> tuple[np.ndarray, dict]:
+    """Reduce (channels, samples) to (1, samples) according to ``policy``.
+
+    ``speech`` keeps the channel with the most speech-band energy, which is
+    right for field recordings where one microphone was not plugged in or
+    picked up only the interviewer's room.
+    """
+    if policy not in CHANNEL_POLICIES:
+        raise ConfigError(f"channel policy {policy!r} is not one of {', '.join(CHANNEL_POLICIES)}")
+    channels = audio.shape[0]
+    if channels == 1:
+        return audio, {"channel_policy": policy, "channel_used": 0, "channels_in": 1}
+    if policy == "mix":
+        return audio.mean(axis=0, keepdims=True), {"channel_policy": policy, "channel_used": -1, "channels_in": channels}
+    if policy == "left":
+        index = 0
+    elif policy == "right":
+        index = 1
+    else:
+        index = int(np.argmax(speech_band_energy(audio, rate_hz)))
+    return audio[index : index + 1], {"channel_policy": policy, "channel_used": index, "channels_in": channels}
+
+
+def has_audio(path: Path) -> bool:
+    """True when ffmpeg can read an audio stream from ``path`` (used by ``archivox scan``)."""
+    try:
+        probe(path, timeout_s=30.0)
+    except MediaError:
+        return False
+    return True
+
+
+def encode(audio: np.ndarray, rate_hz: int, destination: Path, *, codec_args: list[str], timeout_s: float = 600.0) -> None:
+    """Encode float32 (channels, samples) to ``destination`` with ffmpeg (no atomicity here)."""
+    audio = np.ascontiguousarray(np.asarray(audio, dtype="<f4").T)
+    command = [
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "f32le", "-ar", str(rate_hz), "-ac", str(audio.shape[1]), "-i", "pipe:",
+        *codec_args, _file_url(destination),
+    ]
+    try:
+        proc = subprocess.run(command, input=audio.tobytes(), capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise MediaError(f"ffmpeg did not finish encoding {destination} within {timeout_s:.0f} s") from exc
+    if proc.returncode != 0:
+        raise MediaError(f"ffmpeg could not encode {destination}: {_stderr_tail(proc.stderr)}")
