@@ -91,3 +91,25 @@ def si_sdr_db(estimate: np.ndarray, reference: np.ndarray) -> float:
     est, ref = est[:n] - est[:n].mean(), ref[:n] - ref[:n].mean()
     target = (est @ ref) / (ref @ ref + 1e-20) * ref
     return float(10 * np.log10((target @ target + 1e-20) / ((est - target) @ (est - target) + 1e-20)))
+
+
+def word_error_rate(hypothesis: str, reference: str) -> float:
+    """Word-level Levenshtein distance / reference words, after lower-casing and dropping punctuation.
+
+    A light stand-in for jiwer (a bench-only dependency) so tests can judge transcripts.
+    """
+    import re
+
+    def norm(s: str) -> list[str]:
+        return re.sub(r"[^a-z0-9' ]+", " ", s.lower().replace("-", " ")).split()
+
+    hyp, ref = norm(hypothesis), norm(reference)
+    if not ref:
+        return float(len(hyp) > 0)
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, start=1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / len(ref)
