@@ -1,0 +1,108 @@
+"""Transcription with the real tiny.en model (CTranslate2 on the CPU, int8)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from archivox.errors import ConfigError, ModelNotFoundError
+from archivox.models.whisper import load_whisper, resolve_model_path
+from archivox.tasks.transcribe import TranscribeOptions, Transcript, to_whisper_input, transcribe_item
+from signals import RATE_HZ, white_noise, word_error_rate
+
+SENTENCE = "The old recording was restored and then transcribed by the archive team."
+
+
+def _write(path: Path, audio: np.ndarray, rate_hz: int = RATE_HZ) -> Path:
+    """audio: (channels, samples)."""
+    subtype = "PCM_24" if path.suffix == ".flac" else "FLOAT"
+    sf.write(str(path), np.asarray(audio, dtype=np.float32).T, rate_hz, subtype=subtype)
+    return path
+
+
+def _tts(text: str, rate_hz: int = RATE_HZ, language: str = "en") -> np.ndarray:
+    tts = pytest.importorskip("archivox.tts")
+    return tts.synthesize(text, language=language, rate_hz=rate_hz)
+
+
+def test_model_is_loaded_once_and_identified():
+    a = load_whisper("tiny.en", device="cpu")
+    b = load_whisper("tiny.en", device="cpu")
+    assert a is b
+    assert a.device == "cpu" and a.compute_type == "int8"
+    assert not a.multilingual
+    assert len(a.sha256) == 64 and a.path.is_dir()
+    # The same folder named by path shares the loaded model's weights identity.
+    c = load_whisper(str(a.path), device="cpu")
+    assert c.sha256 == a.sha256 and c.name == str(a.path)
+
+
+def test_unknown_model_name_says_what_to_install_or_give():
+    with pytest.raises(ModelNotFoundError) as err:
+        resolve_model_path("large-v3")
+    message = str(err.value)
+    assert "large-v3" in message and "pip install" in message and "path" in message
+    assert "never downloads" in message
+
+
+def test_folder_that_is_not_a_model_is_refused(tmp_path):
+    (tmp_path / "model.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(ModelNotFoundError, match="config.json"):
+        resolve_model_path(str(tmp_path))
+
+
+def test_silence_and_hiss_give_no_text(tmp_path):
+    audio = np.zeros((2, 6 * RATE_HZ), dtype=np.float32)
+    audio[:, 3 * RATE_HZ:] = white_noise(3.0, level_db=-70.0, seed=3)
+    tr = transcribe_item({"restored": _write(tmp_path / "quiet.flac", audio)}, TranscribeOptions(device="cpu"))
+    assert tr.text() == ""
+    assert tr.segments == []
+    assert tr.duration_s == pytest.approx(6.0, abs=0.01)
+
+
+def test_stereo_48k_speech_is_transcribed_with_word_times(tmp_path):
+    speech = _tts(SENTENCE)  # (samples,)
+    lead_s = 1.0
+    audio = np.zeros((2, int((lead_s + 1.0) * RATE_HZ) + speech.size), dtype=np.float32)
+    audio[:, int(lead_s * RATE_HZ): int(lead_s * RATE_HZ) + speech.size] = 0.5 * speech
+    tr = transcribe_item({"restored": _write(tmp_path / "item.wav", audio)}, TranscribeOptions(device="cpu"))
+    assert word_error_rate(tr.text(), SENTENCE) <= 0.25, tr.text()
+    assert tr.language == "en" and tr.model_name == "tiny.en"
+    words = [w for s in tr.segments for w in s.words]
+    assert len(words) >= 8
+    # Word times are in the file's time base (the VAD cut must be mapped back).
+    assert words[0].start_s == pytest.approx(lead_s, abs=0.4)
+    assert all(b.start_s >= a.start_s for a, b in zip(words, words[1:]))
+    assert words[-1].end_s <= tr.duration_s + 0.05
+    back = Transcript.from_dict(tr.to_dict())
+    assert back == tr
+
+
+def test_english_only_model_refuses_a_german_item_clearly(tmp_path):
+    path = _write(tmp_path / "x.wav", np.zeros((1, RATE_HZ), dtype=np.float32))
+    with pytest.raises(ConfigError, match="English-only.*'de'.*base"):
+        transcribe_item({"restored": path}, TranscribeOptions(device="cpu", on_language_mismatch="error"), language="de")
+
+
+def test_resampling_keeps_a_tone_at_its_frequency():
+    t = np.arange(44_100) / 44_100
+    x = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)]).astype(np.float32)
+    y = to_whisper_input(x, 44_100)
+    assert y.shape == (16_000,) and y.dtype == np.float32
+    spectrum = np.abs(np.fft.rfft(y))
+    assert np.argmax(spectrum) * 16_000 / y.size == pytest.approx(440, abs=2)
+
+
+@pytest.mark.corpus
+def test_corpus_read_speech_is_transcribed(corpus, tmp_path):
+    rows = [r for r in csv.DictReader(open(corpus / "manifest.csv")) if r["path"].startswith("speech_clean/cathy_")]
+    errors = []
+    for row in rows[:4]:
+        tr = transcribe_item({"restored": corpus / row["path"]}, TranscribeOptions(device="cpu"))
+        errors.append(word_error_rate(tr.text(), row["transcript"]))
+    # tiny.en reads this clear studio speech with a few name errors at most.
+    assert float(np.mean(errors)) <= 0.2, errors
