@@ -113,3 +113,18 @@ def word_error_rate(hypothesis: str, reference: str) -> float:
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
         prev = cur
     return prev[-1] / len(ref)
+
+
+def tone_prominence_db(audio: np.ndarray, rate_hz: int, freq_hz: float, resolution_hz: float = 2.0) -> float:
+    """How far a spectral line at ``freq_hz`` stands above the median of the 20 Hz around it, in dB.
+
+    ``audio``: (samples,) or (channels, samples), channels are averaged. ~0 dB
+    means no tone there; mains hum well above the noise shows 20 dB or more.
+    """
+    from scipy.signal import welch
+
+    mono = np.asarray(audio, dtype=np.float64).reshape(-1, np.shape(audio)[-1]).mean(axis=0)
+    freqs, power = welch(mono, fs=rate_hz, nperseg=int(rate_hz / resolution_hz))
+    line = power[np.argmin(np.abs(freqs - freq_hz))]
+    around = power[(np.abs(freqs - freq_hz) > 3 * resolution_hz) & (np.abs(freqs - freq_hz) < 10 + 3 * resolution_hz)]
+    return float(10 * np.log10((line + 1e-30) / (np.median(around) + 1e-30)))
