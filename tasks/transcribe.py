@@ -306,7 +306,7 @@ def language_plan(handle, audio: np.ndarray, language: str | None, options: Tran
     lang, prob, _ = handle.model.detect_language(audio, vad_filter=options.vad, language_detection_segments=4)
     window = int(options.language_window_s * WHISPER_RATE_HZ)
     windows: list[tuple[float, float, str, float]] = []
-    if audio.size > window * 1.5:
+    if audio.size > window + 5 * WHISPER_RATE_HZ:
         for start in range(0, audio.size, window):
             chunk = audio[start : start + window]
             if chunk.size < 5 * WHISPER_RATE_HZ:
