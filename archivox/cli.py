@@ -1,0 +1,322 @@
+"""The ``archivox`` command line.
+
+Prefect is imported only by the commands that run flows, after
+``PREFECT_HOME`` is pointed at a folder of the run's (so an embedded run
+keeps its SQLite database beside its outputs, not in the project).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from archivox.errors import ArchivoxError
+
+console = Console(stderr=False, highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+
+def _stage_params(pairs: list[str]) -> dict[str, dict]:
+    """``["loudness.target_lufs=-23", ...]`` -> ``{"loudness": {"target_lufs": -23.0}}``."""
+    params: dict[str, dict] = {}
+    for pair in pairs:
+        try:
+            key, value = pair.split("=", 1)
+            stage, name = key.split(".", 1)
+        except ValueError:
+            raise ArchivoxError(f"--set {pair!r}: write STAGE.PARAMETER=VALUE, e.g. loudness.target_lufs=-23") from None
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        params.setdefault(stage, {})[name] = parsed
+    return params
+
+
+def _run_options(args) -> "RunOptions":
+    from archivox.config import RestoreOptions, RunOptions
+    from archivox.tasks.transcribe import TranscribeOptions
+
+    restore = RestoreOptions(
+        stages=args.stages.split(",") if args.stages else [],
+        preset=args.preset,
+        params=_stage_params(args.set or []),
+        channel_policy=args.channel_policy,
+        residual=args.residual,
+    )
+    transcribe = TranscribeOptions(model=args.model, language=args.language)
+    return RunOptions(
+        restore=restore,
+        transcribe=transcribe,
+        transcribe_enabled=not args.no_transcribe,
+        device=args.device,
+        max_workers=args.workers,
+        retries=args.retries,
+    )
+
+
+def _prepare_prefect(prefect_home: Path, verbose: bool) -> None:
+    os.environ.setdefault("PREFECT_HOME", str(prefect_home))
+    # Prefect's embedded server cannot create its SQLite file in a missing folder
+    # and only reports a start-up time-out.
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    # Failed items are reported in the run's table and the catalog; Prefect's
+    # own tracebacks for them are only wanted when asked for.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The embedded server takes a while to start on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def cmd_run(args) -> int:
+    manifest = Path(args.manifest)
+    root = Path(args.root) if args.root else manifest.resolve().parent
+    out = Path(args.out)
+    catalog = Path(args.catalog) if args.catalog else out / "catalog"
+    options = _run_options(args)
+    _prepare_prefect(out / ".prefect", args.verbose)
+    from archivox.flows.archive_run import run_archive
+
+    with console.status(f"archivox: restoring and transcribing the items of {manifest} ..."):
+        summary = run_archive(manifest, root, out, catalog, options, force=args.force)
+    table = Table(title=f"run {summary['run_id']}")
+    for column in ("item", "path", "status", "error"):
+        table.add_column(column, overflow="fold")
+    for item in summary["items"]:
+        style = {"ok": "green", "failed": "red", "skipped": "dim"}[item["status"]]
+        table.add_row(item["item_id"], item["path"], f"[{style}]{item['status']}[/]", item["error"][:160])
+    console.print(table)
+    console.print(
+        f"{summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped; "
+        f"outputs in {out}, catalog in {catalog}"
+    )
+    return 1 if summary["failed"] else 0
+
+
+def cmd_scan(args) -> int:
+    from archivox.manifest import scan, write_manifest
+
+    items = scan(Path(args.root), collection=args.collection or "")
+    write_manifest(items, Path(args.output))
+    console.print(f"{len(items)} media files with audio under {args.root} -> {args.output}")
+    return 0
+
+
+def _decode_input(path: Path, channel_policy: str):
+    from archivox.tasks.chain import WORKING_RATE_HZ
+    from archivox.tasks.extract import apply_channel_policy, decode
+
+    audio = decode(path, rate_hz=WORKING_RATE_HZ)
+    audio, _ = apply_channel_policy(audio, channel_policy)
+    return audio, WORKING_RATE_HZ
+
+
+def cmd_restore(args) -> int:
+    from archivox.config import RestoreOptions, RunOptions
+    from archivox.tasks.chain import build_chain
+    from archivox.tasks.pipeline import plan_stages, write_flac, write_wav
+
+    source, destination = Path(args.input), Path(args.output)
+    if destination.resolve() == source.resolve():
+        raise ArchivoxError("the output would overwrite the input; choose another -o path")
+    restore = RestoreOptions(
+        stages=args.stages.split(",") if args.stages else [],
+        preset=args.preset,
+        params=_stage_params(args.set or []),
+        channel_policy=args.channel_policy,
+    )
+    options = RunOptions(restore=restore, device=args.device, transcribe_enabled=False)
+    audio, rate_hz = _decode_input(source, args.channel_policy)
+    _, params = plan_stages(audio, rate_hz, options)
+    chain = build_chain(restore.resolved_stages(), params, device=args.device)
+    result = chain(audio, rate_hz)
+    (write_wav if destination.suffix.lower() == ".wav" else write_flac)(destination, result.audio, rate_hz)
+    table = Table(title=f"{source} -> {destination}")
+    for column in ("stage", "seconds", "device", "metrics"):
+        table.add_column(column, overflow="fold")
+    for record in result.records:
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in record.metrics.items() if not isinstance(v, (list, dict))}
+        table.add_row(record.stage, f"{record.seconds:.2f}", record.device, json.dumps(shown, default=str)[:300])
+    console.print(table)
+    return 0
+
+
+def cmd_transcribe(args) -> int:
+    from archivox.tasks.exports import write_sidecars
+    from archivox.tasks.transcribe import TranscribeOptions, transcribe_item
+
+    source = Path(args.input)
+    options = TranscribeOptions(model=args.model, language=args.language, device=args.device)
+    transcript = transcribe_item({"restored": source}, options, language=args.language)
+    base = Path(args.output) if args.output else Path.cwd() / source.name
+    written = write_sidecars(transcript, base)
+    for segment in transcript.segments:
+        flags = f"  [{', '.join(segment.flags)}]" if segment.flags else ""
+        console.print(f"[{segment.start_s:7.2f} -> {segment.end_s:7.2f}] {segment.text.strip()}{flags}")
+    console.print(f"language {transcript.language} ({transcript.language_probability:.2f}); files: "
+                  + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from archivox.catalog.search import search
+    from archivox.catalog.store import Catalog
+
+    hits = search(Catalog(Path(args.catalog)), args.query, limit=args.limit)
+    if not hits:
+        console.print(f"no transcript segment matches {args.query!r}")
+        return 1
+    table = Table(title=f"search: {args.query}")
+    for column in ("item", "path", "time", "text", "score"):
+        table.add_column(column, overflow="fold")
+    for hit in hits:
+        at = hit.phrase_start_s if hit.phrase_start_s is not None else hit.start_s
+        table.add_row(hit.item_id, hit.path, _clock(at), hit.text, f"{hit.score:.2f}")
+    console.print(table)
+    return 0
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(max(seconds, 0.0), 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours:d}:{minutes:02d}:{secs:05.2f}"
+
+
+def cmd_status(args) -> int:
+    from archivox.catalog.store import Catalog
+
+    catalog = Catalog(Path(args.catalog))
+    latest = catalog.latest_items()
+    runs = catalog.read("runs").sort_values("started_at")
+    if latest.empty:
+        console.print(f"catalog {args.catalog} has no items yet")
+        return 0
+    counts = latest["status"].value_counts().to_dict()
+    console.print(
+        f"{len(latest)} items: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
+        f"{counts.get('skipped', 0)} skipped in their latest run; {len(runs)} runs recorded"
+    )
+    failed = latest[latest["status"] == "failed"]
+    if len(failed):
+        table = Table(title="failed items")
+        for column in ("item", "path", "error"):
+            table.add_column(column, overflow="fold")
+        for row in failed.itertuples():
+            table.add_row(row.item_id, row.path, row.error)
+        console.print(table)
+    return 1 if len(failed) else 0
+
+
+def cmd_demo(args) -> int:
+    from archivox.demo import build_example_archive
+
+    archive = build_example_archive(Path(args.destination), seed=args.seed)
+    console.print(f"example archive with {len(archive.items)} manifest rows in {archive.root}; manifest {archive.manifest}")
+    console.print(f"(one row deliberately points outside the root, at {archive.outside_file})")
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from archivox.tasks.diagnose import diagnose
+
+    audio, rate_hz = _decode_input(Path(args.input), args.channel_policy)
+    diagnosis = diagnose(audio, rate_hz)
+    console.print(json.dumps(diagnosis.to_dict(), indent=2) if args.json else diagnosis.format())
+    return 0
+
+
+def _add_restore_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stages", help="comma-separated stages, in any order (run in chain order): "
+                        "dc,declick,dehum,declip,denoise,eq,loudness (default: all)")
+    parser.add_argument("--preset", default="auto", help="auto (from each item's diagnosis), speech, music-safe, gentle")
+    parser.add_argument("--set", action="append", metavar="STAGE.PARAM=VALUE",
+                        help="override one stage parameter, e.g. loudness.target_lufs=-23 (repeatable)")
+    parser.add_argument("--channel-policy", default="speech", choices=["mix", "left", "right", "speech"],
+                        help="how to reduce stereo: mix, left, right, or the channel with more speech energy")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import archivox
+
+    parser = argparse.ArgumentParser(prog="archivox", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"archivox {archivox.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="restore and transcribe every item of a manifest (Prefect flow, no server needed)")
+    run.add_argument("manifest", help="CSV, Parquet or JSON Lines with a 'path' column")
+    run.add_argument("--root", help="archive root the manifest's paths are relative to (default: the manifest's folder)")
+    run.add_argument("--out", required=True, help="output folder (mirrors the archive; never the archive itself)")
+    run.add_argument("--catalog", help="catalog folder (default: OUT/catalog)")
+    run.add_argument("--force", action="store_true", help="redo items even when nothing changed")
+    run.add_argument("--model", default="tiny.en", help="whisper model name (tiny.en, base) or local CTranslate2 folder")
+    run.add_argument("--language", help="language of every item (a manifest 'language' column overrides it)")
+    run.add_argument("--no-transcribe", action="store_true", help="restore only")
+    run.add_argument("--residual", action="store_true", help="also write what the chain removed, as ITEM.residual.flac")
+    run.add_argument("--workers", type=int, default=2, help="items processed at once (default 2)")
+    run.add_argument("--retries", type=int, default=2, help="retries of a step after a transient error")
+    run.add_argument("--verbose", action="store_true", help="show Prefect's logs")
+    _add_restore_options(run)
+    run.set_defaults(handler=cmd_run)
+
+    scan = sub.add_parser("scan", help="write a manifest of every file with audio under a folder")
+    scan.add_argument("root")
+    scan.add_argument("-o", "--output", required=True, help="manifest to write (.csv, .parquet or .jsonl)")
+    scan.add_argument("--collection", help="collection name for every row")
+    scan.set_defaults(handler=cmd_scan)
+
+    restore = sub.add_parser("restore", help="restore one file")
+    restore.add_argument("input")
+    restore.add_argument("-o", "--output", required=True, help="output file (.flac 24-bit, or .wav float)")
+    _add_restore_options(restore)
+    restore.set_defaults(handler=cmd_restore)
+
+    transcribe = sub.add_parser("transcribe", help="transcribe one file and write .srt/.vtt/.txt/.json beside -o")
+    transcribe.add_argument("input")
+    transcribe.add_argument("-o", "--output", help="base path of the sidecar files (default: ./NAME)")
+    transcribe.add_argument("--model", default="tiny.en")
+    transcribe.add_argument("--language")
+    transcribe.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    transcribe.set_defaults(handler=cmd_transcribe)
+
+    search = sub.add_parser("search", help="search the transcripts of a catalog")
+    search.add_argument("query")
+    search.add_argument("--catalog", required=True)
+    search.add_argument("--limit", type=int, default=20)
+    search.set_defaults(handler=cmd_search)
+
+    status = sub.add_parser("status", help="what a catalog holds: items by status, failures, runs")
+    status.add_argument("--catalog", required=True)
+    status.set_defaults(handler=cmd_status)
+
+    demo = sub.add_parser("demo", help="build a small example archive (synthesized speech, planted defects, broken files)")
+    demo.add_argument("destination", help="an empty or new folder; one file is also written beside it")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=cmd_demo)
+
+    diagnose = sub.add_parser("diagnose", help="measure a file's defects: DC, hum, clicks, clipping, noise, bandwidth")
+    diagnose.add_argument("input")
+    diagnose.add_argument("--json", action="store_true")
+    diagnose.add_argument("--channel-policy", default="speech", choices=["mix", "left", "right", "speech"])
+    diagnose.set_defaults(handler=cmd_diagnose)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ArchivoxError as exc:
+        errors.print(f"[red]archivox: {exc}[/]")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

