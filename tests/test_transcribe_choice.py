@@ -1,0 +1,112 @@
+"""Choosing the ASR view: observation mixing and the evidence-based choice between candidates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.signal import istft, stft
+
+from archivox.errors import ConfigError
+from archivox.tasks.transcribe import (
+    Segment, TranscribeOptions, Transcript, choose, observation_mix, score, transcribe_candidates, transcribe_item,
+)
+from signals import si_sdr_db, white_noise, word_error_rate
+
+TEXT = ("The old recording was restored and then transcribed by the archive team. "
+        "They worked through the night to finish it.")
+
+
+def _t(segments, name="x") -> Transcript:
+    return Transcript(segments, "en", 1.0, 10.0, "tiny.en", "0" * 64)
+
+
+def _s(start, end, text, logprob, flags=()):
+    return Segment(0, start, end, text, logprob, 0.05, 1.2, flags=list(flags))
+
+
+def test_score_prefers_confident_text_and_punishes_flagged_text():
+    confident = _t([_s(0, 4, "a clear sentence", -0.2)])
+    unsure = _t([_s(0, 4, "a clear sentence", -0.9)])
+    looping = _t([_s(0, 4, "the the the the", -0.1, ["repetition"])])
+    empty = _t([])
+    assert score(confident) > score(unsure) > score(empty) > score(looping)
+
+
+def test_choose_records_winner_and_evidence():
+    results = {
+        "mix": _t([_s(0, 3, "we walked to the river", -0.25), _s(3, 5, "and back", -0.3)]),
+        "pre_denoise": _t([_s(0, 3, "we walked to the liver", -0.6), _s(3, 5, "Thank you.", -0.2, ["in_silence"])]),
+    }
+    chosen = choose(results)
+    assert chosen.candidate == "mix" and chosen is results["mix"]
+    ev = chosen.evidence
+    assert set(ev["scores"]) == {"mix", "pre_denoise"} and ev["scores"]["mix"] > ev["scores"]["pre_denoise"]
+    assert ev["candidates"]["pre_denoise"]["flagged_segments"] == 1
+    assert ev["agreement_with_chosen"]["pre_denoise"] == pytest.approx(1 - 3 / 7, abs=1e-3)  # river/liver, and back/thank you
+
+
+def test_observation_mix_undoes_gain_and_lag():
+    x = white_noise(4.0, level_db=-20.0, seed=4, rate_hz=16_000)[0]
+    shifted = 0.1 * np.roll(x, 160)  # the restored file: 20 dB quieter and 10 ms late
+    shifted[:160] = 0.0
+    only_denoised = observation_mix(shifted, x, 0.0)
+    assert si_sdr_db(only_denoised, x) > 20.0  # all but the 10 ms the lag cut off
+    assert 20 * np.log10(np.std(only_denoised) / np.std(x)) == pytest.approx(0.0, abs=0.2)
+    half = observation_mix(shifted, x, 0.5)
+    assert si_sdr_db(half, x) > 20.0
+
+
+def test_options_are_validated():
+    with pytest.raises(ConfigError, match="mix_fraction=1.5"):
+        TranscribeOptions(mix_fraction=1.5)
+    with pytest.raises(ConfigError, match="asr_input='louder'.*auto"):
+        TranscribeOptions(asr_input="louder")
+    with pytest.raises(ConfigError, match="candidates"):
+        TranscribeOptions(candidates=("mix", "nonsense"))
+
+
+def _speech_16k() -> np.ndarray:
+    tts = pytest.importorskip("archivox.tts")
+    x = 0.5 * tts.synthesize(TEXT, rate_hz=16_000).astype(np.float32)
+    pad = np.zeros(8000, np.float32)
+    return np.concatenate([pad, x, pad])
+
+
+def _over_suppressed(noisy: np.ndarray, keep_percent: float = 2.0) -> np.ndarray:
+    """A denoiser gone too far: only the strongest STFT bins survive (musical noise, lost consonants)."""
+    _, _, z = stft(noisy, 16_000, nperseg=512)
+    mag = np.abs(z)
+    _, y = istft(z * (mag > np.percentile(mag, 100 - keep_percent)), 16_000, nperseg=512)
+    return (0.3 * y[: noisy.size]).astype(np.float32)  # and quieter, as after a loudness stage
+
+
+@pytest.mark.slow
+def test_auto_policy_avoids_a_damaging_denoiser(tmp_path):
+    """Real decoding of three views; the choice must not be the view the denoiser damaged."""
+    clean = _speech_16k()
+    noisy = clean + white_noise(clean.size / 16_000, level_db=-42.0, seed=1, rate_hz=16_000)[0]
+    restored = _over_suppressed(noisy)
+    files = {}
+    for name, audio in (("pre_denoise", noisy), ("restored", restored), ("original", noisy)):
+        files[name] = tmp_path / f"{name}.wav"
+        sf.write(str(files[name]), audio, 16_000, subtype="FLOAT")
+    options = TranscribeOptions(device="cpu", candidates=("mix", "pre_denoise", "restored"))
+    chosen, results = transcribe_candidates(files, options)
+    errors = {name: word_error_rate(t.text(), TEXT) for name, t in results.items()}
+    assert errors["restored"] >= 0.6, errors  # the setup really hurts recognition
+    assert chosen.candidate != "restored"
+    assert errors[chosen.candidate] <= 0.4, errors
+    assert set(chosen.evidence["scores"]) == {"mix", "pre_denoise", "restored"}
+
+    # Forcing a view decodes only that view.
+    forced = transcribe_item(files, TranscribeOptions(device="cpu", asr_input="restored"))
+    assert forced.candidate == "restored" and list(forced.evidence["scores"]) == ["restored"]
+
+
+def test_item_without_denoise_stage_uses_restored(tmp_path):
+    path = tmp_path / "r.wav"
+    sf.write(str(path), _speech_16k(), 16_000, subtype="FLOAT")
+    tr = transcribe_item({"restored": path}, TranscribeOptions(device="cpu"))
+    assert tr.candidate == "restored"
+    assert word_error_rate(tr.text(), TEXT) <= 0.3
