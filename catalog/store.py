@@ -90,12 +90,13 @@ class Catalog:
         rows = list(rows)
         if not rows:
             return None
+        folder = self.dataset_dir(dataset)
         schema = DATASETS[dataset]
         unknown = set().union(*(r.keys() for r in rows)) - set(schema.names)
         if unknown:
             raise ConfigError(f"{dataset}: columns {sorted(unknown)} are not in the schema {schema.names}")
         table = pa.Table.from_pylist([{name: r.get(name) for name in schema.names} for r in rows], schema=schema)
-        destination = self.dataset_dir(dataset) / _new_name("part")
+        destination = folder / _new_name("part")
         with atomic_path(destination) as temporary:
             pq.write_table(table, temporary)
         return destination

@@ -2,7 +2,8 @@
 
 Every ffmpeg call is hardened the same way: the input is passed as a
 ``file:`` URL (so a name such as ``http:x`` or ``-i`` is never read as a
-protocol or an option), only the ``file`` protocol is whitelisted (a playlist
+protocol or an option), only the ``file`` protocol and a list of ordinary
+audio/video demuxers are whitelisted (a playlist
 cannot reach other files or the network), and the process has a timeout.
 """
 
@@ -23,6 +24,17 @@ from archivox.tasks.chain import WORKING_RATE_HZ
 
 ChannelPolicy = Literal["mix", "left", "right", "speech"]
 CHANNEL_POLICIES: tuple[str, ...] = ("mix", "left", "right", "speech")
+
+# Demuxers archivox opens. Playlist and concatenation demuxers (hls, concat,
+# dash, image sequences) are left out on purpose: they make ffmpeg read other
+# files that a crafted item names, inside the archive or outside it.
+ALLOWED_DEMUXERS: tuple[str, ...] = (
+    "wav", "w64", "rf64", "aiff", "au", "caf", "voc", "flac", "mp3", "ogg", "aac", "ac3", "eac3", "dts",
+    "truehd", "mlp", "amr", "amrnb", "amrwb", "ape", "wv", "tta", "tak", "shn", "mpc", "mpc8", "dsf", "iff",
+    "xwma", "gsm", "mov", "mp4", "m4a", "3gp", "matroska", "webm", "avi", "mpeg", "mpegts", "asf",
+    "flv", "rm", "mxf", "dv", "nut", "wsaud", "vqf", "sln", "s337m", "smjpeg", "mpegvideo",
+)
+_FORMAT_WHITELIST = ",".join(ALLOWED_DEMUXERS)
 
 # Bytes of ffmpeg's stderr kept in an error message: enough to see the cause,
 # not so much that a catalog row holds a whole log.
@@ -71,7 +83,7 @@ def probe(path: Path, timeout_s: float = 60.0) -> MediaInfo:
     """Describe the first audio stream of ``path``; MediaError if there is none.
 
     PyAV (a dependency of faster-whisper) reads the header with the same
-    libavformat as ffmpeg; the file protocol is the only one allowed.
+    libavformat as ffmpeg; only the file protocol and ``ALLOWED_DEMUXERS`` are allowed.
     """
     import av
 
@@ -83,7 +95,7 @@ def probe(path: Path, timeout_s: float = 60.0) -> MediaInfo:
     try:
         with av.open(
             str(path.absolute()),
-            options={"protocol_whitelist": "file"},
+            options={"protocol_whitelist": "file", "format_whitelist": _FORMAT_WHITELIST},
             timeout=timeout_s,
         ) as container:
             audio = [s for s in container.streams if s.type == "audio"]
@@ -143,7 +155,7 @@ def decode(
     if stream_index >= info.audio_streams:
         raise MediaError(f"{path}: audio stream {stream_index} asked for, file has {info.audio_streams}")
     command = (
-        ffmpeg.input(_file_url(path), protocol_whitelist="file")
+        ffmpeg.input(_file_url(path), protocol_whitelist="file", format_whitelist=_FORMAT_WHITELIST)
         .output("pipe:", format="f32le", acodec="pcm_f32le", ar=rate_hz, map=f"0:a:{stream_index}")
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-xerror")
         .compile(cmd=ffmpeg_exe())
