@@ -1,0 +1,141 @@
+"""End to end on the embedded default: real ffmpeg, real Prefect, real faster-whisper, real Parquet.
+
+The example archive (`archivox demo`) holds a WAV, a FLAC, an MP3, an MP4
+video, a file with a hostile name, a zero-byte file, a truncated file and a
+manifest row that points outside the root.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from archivox.catalog.search import search
+from archivox.catalog.store import Catalog
+from archivox.cli import main
+from archivox.config import RunOptions
+from archivox.tasks.chain import STAGE_ORDER
+from archivox.tasks.fixity import sha256_file
+
+pytestmark = pytest.mark.slow
+
+
+def _fingerprints(root: Path) -> dict[str, tuple[str, int]]:
+    return {str(p.relative_to(root)): (sha256_file(p), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, demo_archive, tmp_path_factory):
+    from archivox.flows.archive_run import run_archive
+
+    out = tmp_path_factory.mktemp("run") / "out"
+    before = _fingerprints(demo_archive.root)
+    summary = run_archive(demo_archive.manifest, demo_archive.root, out, out / "catalog", RunOptions())
+    return {"out": out, "catalog": Catalog(out / "catalog"), "summary": summary, "before": before}
+
+
+def _status(summary) -> dict[str, dict]:
+    return {i["path"]: i for i in summary["items"]}
+
+
+def test_good_items_are_restored_and_transcribed(first_run, demo_archive):
+    statuses = _status(first_run["summary"])
+    good = [i for i in demo_archive.items if i.expected_status == "ok"]
+    assert len(good) >= 5
+    for item in good:
+        assert statuses[item.path]["status"] == "ok", statuses[item.path]["error"]
+        restored = first_run["out"] / f"{item.path}.flac"
+        info = sf.info(str(restored))
+        assert (info.samplerate, info.subtype, info.channels) == (48_000, "PCM_24", 1)
+        assert info.duration == pytest.approx(item.duration_s, abs=0.15)
+        for suffix in (".srt", ".vtt", ".txt", ".json"):
+            assert (first_run["out"] / f"{item.path}{suffix}").stat().st_size > 0
+    assert not list(first_run["out"].rglob(".*.tmp")), "temporary files left behind"
+    assert not list((first_run["out"] / ".archivox-work").glob("*/*")), "work folders left behind"
+
+
+def test_bad_items_fail_with_clear_errors_and_the_run_goes_on(first_run):
+    statuses = _status(first_run["summary"])
+    assert statuses["broken/empty.wav"]["status"] == "failed"
+    assert "empty" in statuses["broken/empty.wav"]["error"]
+    assert statuses["broken/truncated.flac"]["status"] == "failed"
+    assert "decode" in statuses["broken/truncated.flac"]["error"]
+    assert statuses["../outside.wav"]["status"] == "failed"
+    assert "outside the archive root" in statuses["../outside.wav"]["error"]
+    assert first_run["summary"]["failed"] == 3
+
+
+def test_originals_are_never_modified(first_run, demo_archive):
+    assert _fingerprints(demo_archive.root) == first_run["before"]
+    rows = first_run["catalog"].read("items")
+    ok = rows[rows["status"] == "ok"]
+    for row in ok.itertuples():
+        assert row.sha256 == sha256_file(demo_archive.root / row.path)
+
+
+def test_catalog_records_every_stage_segment_word_and_the_run(first_run):
+    catalog = first_run["catalog"]
+    items = catalog.read("items")
+    assert len(items) == 8 and set(items["status"]) == {"ok", "failed"}
+    stages = catalog.read("stages")
+    ok_ids = set(items.loc[items["status"] == "ok", "item_id"])
+    assert set(stages["item_id"]) == ok_ids
+    per_item = stages.groupby("item_id")["stage"].apply(list)
+    for names in per_item:
+        assert names == sorted(names, key=STAGE_ORDER.index)
+        assert {"dc", "loudness"} <= set(names)
+    segments, words = catalog.read("segments"), catalog.read("words")
+    assert set(segments["item_id"]) == ok_ids and len(words) > len(segments)
+    runs = catalog.read("runs")
+    assert len(runs) == 1 and runs.iloc[0]["items_ok"] == 5 and "whisper" in runs.iloc[0]["models"]
+    # Readable by DuckDB directly, without archivox.
+    import duckdb
+
+    count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{catalog.root}/segments/*.parquet')").fetchall()[0][0]
+    assert count == len(segments)
+
+
+def test_search_finds_a_spoken_phrase_with_its_time(first_run, demo_archive):
+    hits = search(first_run["catalog"], "shining over the old")
+    assert hits, "the phrase was not found"
+    best = hits[0]
+    assert best.path == "interviews/smith_1962.wav"
+    smith = demo_archive.item("interviews/smith_1962.wav")
+    assert 0.0 <= best.phrase_start_s < smith.duration_s
+
+
+def test_a_second_run_does_no_work(first_run, demo_archive):
+    from archivox.flows.archive_run import run_archive
+
+    catalog = first_run["catalog"]
+    stages_before = len(catalog.read("stages"))
+    summary = run_archive(demo_archive.manifest, demo_archive.root, first_run["out"], catalog.root, RunOptions())
+    assert summary["ok"] == 0 and summary["skipped"] == 5 and summary["failed"] == 3
+    assert len(catalog.read("stages")) == stages_before
+    assert all("not retried" in i["error"] or "outside" in i["error"] or "empty" in i["error"]
+               for i in summary["items"] if i["status"] == "failed")
+
+
+def test_changed_files_and_config_are_redone_and_cli_reports(prefect_harness, demo_archive, tmp_path, capsys):
+    root = tmp_path / "archive"
+    shutil.copytree(demo_archive.root, root)
+    out = tmp_path / "out"
+    args = ["run", str(root / "manifest.csv"), "--root", str(root), "--out", str(out), "--stages", "dc,loudness", "--no-transcribe"]
+    assert main(args) == 1  # some items failed: non-zero exit and a one-line summary
+    assert "5 ok, 3 failed, 0 skipped" in capsys.readouterr().out
+
+    data, rate = sf.read(root / "odd names" / "-rf ünïcode 'quoted'.wav")
+    sf.write(root / "odd names" / "-rf ünïcode 'quoted'.wav", data * 0.5, rate)
+    assert main(args) == 1
+    assert "1 ok, 3 failed, 4 skipped" in capsys.readouterr().out
+
+    assert main(args + ["--set", "loudness.target_lufs=-23"]) == 1  # a new configuration redoes everything
+    assert "5 ok, 3 failed, 0 skipped" in capsys.readouterr().out
+    assert main(args + ["--set", "loudness.target_lufs=-23", "--force"]) == 1
+    assert "5 ok, 3 failed, 0 skipped" in capsys.readouterr().out
+
+    assert main(["status", "--catalog", str(out / "catalog")]) == 1
+    assert "8 items: 5 ok, 3 failed" in capsys.readouterr().out
