@@ -23,15 +23,14 @@ step so that the two agree to within float rounding:
   ``max_db_erb_thresh`` it passes untouched, above ``max_db_df_thresh`` only
   the ERB gains are applied.
 
-Whole files are processed offline: frames are cut into chunks of
-``chunk_frames`` with ``warmup_frames`` of preceding context for the
-recurrent and convolutional state, batched, and the enhanced spectra are
-overlap-added, so there is no seam in the time domain. The running-mean
-normalisation is computed exactly across chunk boundaries (its state is
-carried from group to group), so the only difference from processing in one
-piece is the GRU state at the start of each chunk, which the warm-up makes
-negligible. Memory is bounded by the group size, not by the file length
-(besides the output array itself).
+Whole files are processed offline in chunks of frames, all channels (or
+items) of a batch together. Between chunks the GRU states, the running-mean
+normalisation, a few frames of features and spectrum, and the overlap-add
+tail are carried over, so a file processed in chunks equals the file
+processed in one piece up to float rounding, while memory is bounded by
+``streams x chunk_frames`` (besides the output array itself). Overlapping
+independent chunks would not do: DFN3's GRUs remember for many seconds, and
+even 3 s of warm-up leaves gain differences of 0.3 at a chunk start.
 
 Shapes: ``B`` batch (chunks x channels), ``T`` frames, ``F = 481`` bins,
 ``E = 32`` ERB bands, ``D = 96`` DF bins.
@@ -59,6 +58,9 @@ NB_ERB = 32
 NB_DF = 96
 DF_ORDER = 5
 LOOKAHEAD = 2  # frames; conv_lookahead == df_lookahead == 2 for DFN3
+# Frames of the previous chunk a chunk needs for the time kernels: 2 for the
+# encoder's first convolutions, whose outputs the DF decoder reads 4 back.
+CONTEXT_FRAMES = 6
 MIN_NB_ERB_FREQS = 2
 NORM_ALPHA = 0.99  # libDF rounds exp(-hop/sr/tau) with tau = 1 s to 0.99
 MEAN_NORM_INIT_DB = (-60.0, -90.0)
@@ -137,155 +139,265 @@ class GroupedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, i, h = self.weight.shape
         lead = x.shape[:-1]
-        y = torch.einsum("...gi,gih->...gh", x.reshape(*lead, g, i), self.weight)
-        return y.reshape(*lead, g * h)
-
-
-def _gru(input_size: int, hidden: int, layers: int) -> nn.GRU:
-    return nn.GRU(input_size, hidden, num_layers=layers, batch_first=True)
+        y = torch.bmm(x.reshape(-1, g, i).transpose(0, 1), self.weight)  # (G, N, H)
+        return y.transpose(0, 1).reshape(*lead, g * h)
 
 
 def _load_gru_layer(gru: nn.GRU, layer: int, tensors: list[np.ndarray]) -> None:
     """Copy an ONNX GRU (gates z, r, h; linear_before_reset=1) into torch's layout (r, z, n).
 
     Both compute n = tanh(W_n x + b_in + r * (R_n h + b_hn)), so only the gate
-    order differs.
+    order differs. torch's GRU runs the recurrence in fused native code (and
+    cuDNN on a GPU), which a Python loop over frames could not match.
     """
     w, r, b = (np.array(t) for t in tensors)
     hidden = r.shape[-1]
 
-    def reorder(m: np.ndarray) -> np.ndarray:
+    def reorder(m: np.ndarray) -> torch.Tensor:
         z_, r_, n_ = np.split(m, 3, axis=0)
-        return np.concatenate([r_, z_, n_], axis=0)
+        return torch.from_numpy(np.ascontiguousarray(np.concatenate([r_, z_, n_], axis=0)))
 
-    getattr(gru, f"weight_ih_l{layer}").data.copy_(torch.from_numpy(reorder(w[0])))
-    getattr(gru, f"weight_hh_l{layer}").data.copy_(torch.from_numpy(reorder(r[0])))
-    getattr(gru, f"bias_ih_l{layer}").data.copy_(torch.from_numpy(reorder(b[0, : 3 * hidden])))
-    getattr(gru, f"bias_hh_l{layer}").data.copy_(torch.from_numpy(reorder(b[0, 3 * hidden :])))
+    getattr(gru, f"weight_ih_l{layer}").data.copy_(reorder(w[0]))
+    getattr(gru, f"weight_hh_l{layer}").data.copy_(reorder(r[0]))
+    getattr(gru, f"bias_ih_l{layer}").data.copy_(reorder(b[0, : 3 * hidden]))
+    getattr(gru, f"bias_hh_l{layer}").data.copy_(reorder(b[0, 3 * hidden :]))
+
+
+# The network works channels-last, (B, T, F, C): every 1x1 convolution is then
+# one matrix product over C, and the depthwise (1, 3) frequency kernels are
+# three shifted multiply-adds. The ONNX graphs are NCHW; oneDNN runs their
+# depthwise and grouped convolutions several times slower than this on CPU.
+
+
+def _pad_freq(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, F, C) -> (B, T, F + 2, C) with one zero bin on each side."""
+    return F.pad(x, (0, 0, 1, 1))
+
+
+class DepthwiseFreq(nn.Module):
+    """Depthwise (1, 3) conv over frequency, padding 1, stride 1 or 2. (B, T, F, C) -> (B, T, F/stride, C)."""
+
+    def __init__(self, channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.weight = nn.Parameter(torch.zeros(3, channels))  # tap k multiplies bin f*stride - 1 + k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = x.shape[2]
+        xp = _pad_freq(x)
+        s = self.stride
+        w = self.weight
+        return xp[:, :, 0:f:s] * w[0] + xp[:, :, 1 : f + 1 : s] * w[1] + xp[:, :, 2 : f + 2 : s] * w[2]
+
+    def load(self, onnx_weight: np.ndarray) -> None:  # (C, 1, 1, 3)
+        self.weight.data.copy_(torch.from_numpy(np.array(onnx_weight)[:, 0, 0, :].T.copy()))
+
+
+class TransposedFreqUp(nn.Module):
+    """Depthwise transposed (1, 3) conv, stride 2, padding 1, output padding 1. (B, T, F, C) -> (B, T, 2F, C)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(3, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, f, c = x.shape
+        w = self.weight
+        # Input bin i lands on output 2i - 1 + k for tap k.
+        even = x * w[1]
+        nxt = F.pad(x[:, :, 1:], (0, 0, 0, 1))
+        odd = x * w[2] + nxt * w[0]
+        return torch.stack([even, odd], dim=3).reshape(b, t, 2 * f, c)
+
+    def load(self, onnx_weight: np.ndarray) -> None:  # (C, 1, 1, 3)
+        self.weight.data.copy_(torch.from_numpy(np.array(onnx_weight)[:, 0, 0, :].T.copy()))
+
+
+def _linear(c_in: int, c_out: int) -> nn.Linear:
+    return nn.Linear(c_in, c_out)
+
+
+def _load_pointwise(lin: nn.Linear, tensors: list[np.ndarray]) -> None:
+    """ONNX 1x1 conv weight (Cout, Cin, 1, 1) and bias (Cout,) into a Linear."""
+    w = np.array(tensors[0])
+    lin.weight.data.copy_(torch.from_numpy(w.reshape(w.shape[0], w.shape[1]).copy()))
+    lin.bias.data.copy_(torch.from_numpy(np.array(tensors[1]).reshape(-1)))
+
+
+class Scale(nn.Module):
+    """A 1x1 depthwise conv: per-channel scale and bias. (..., C) -> (..., C)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight + self.bias
+
+    def load(self, tensors: list[np.ndarray]) -> None:
+        self.weight.data.copy_(torch.from_numpy(np.array(tensors[0]).reshape(-1)))
+        self.bias.data.copy_(torch.from_numpy(np.array(tensors[1]).reshape(-1)))
 
 
 class SeparableConv(nn.Module):
-    """Depthwise (1, 3) frequency conv, optionally strided, then a pointwise conv with bias.
+    """Depthwise frequency conv, pointwise conv with bias, ReLU. (B, T, F, C) -> (B, T, F/stride, C)."""
 
-    (B, C, T, Fin) -> (B, C, T, Fout).
-    """
-
-    def __init__(self, channels: int, stride_f: int):
+    def __init__(self, channels: int, stride: int):
         super().__init__()
-        self.depthwise = nn.Conv2d(channels, channels, (1, 3), stride=(1, stride_f), padding=(0, 1),
-                                   groups=channels, bias=False)
-        self.pointwise = nn.Conv2d(channels, channels, 1)
+        self.depthwise = DepthwiseFreq(channels, stride)
+        self.pointwise = _linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.pointwise(self.depthwise(x)))
 
 
 class TransposedUp(nn.Module):
-    """Depthwise transposed (1, 3) conv doubling the frequency axis, then pointwise. (B, C, T, F) -> (B, C, T, 2F)."""
+    """Transposed depthwise conv doubling frequency, pointwise conv, ReLU. (B, T, F, C) -> (B, T, 2F, C)."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.depthwise = nn.ConvTranspose2d(channels, channels, (1, 3), stride=(1, 2), padding=(0, 1),
-                                            output_padding=(0, 1), groups=channels, bias=False)
-        self.pointwise = nn.Conv2d(channels, channels, 1)
+        self.depthwise = TransposedFreqUp(channels)
+        self.pointwise = _linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.pointwise(self.depthwise(x)))
 
 
+def _patches_3x3(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, F) -> (B, T, F, 9): causal 3-frame by 3-bin neighbourhoods, zero padded, order (dt, df)."""
+    t, f = x.shape[1], x.shape[2]
+    xp = F.pad(x, (1, 1, 2, 0))
+    return torch.stack([xp[:, i : i + t, j : j + f] for i in range(3) for j in range(3)], dim=-1)
+
+
 class Encoder(nn.Module):
-    """feat_erb (B, 1, T, 32), feat_spec (B, 2, T, 96) -> e0..e3, emb (B, T, 512), c0 (B, 64, T, 96), lsnr (B, T)."""
+    """feat_erb (B, T, 32), feat_spec (B, T, 96, 2) (real, imaginary) ->
+    e0 (B, T, 32, 64), e1 (B, T, 16, 64), e2 (B, T, 8, 64), e3 (B, T, 8, 64),
+    emb (B, T, 512), c0 (B, T, 96, 64), lsnr (B, T) in dB."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.erb_conv0 = nn.Conv2d(1, 64, 3, padding=(0, 1))
+        self.erb_conv0 = _linear(9, 64)
         self.erb_conv1 = SeparableConv(64, 2)
         self.erb_conv2 = SeparableConv(64, 2)
         self.erb_conv3 = SeparableConv(64, 1)
-        self.df_conv0_dw = nn.Conv2d(2, 64, 3, padding=(0, 1), groups=2, bias=False)
-        self.df_conv0_pw = nn.Conv2d(64, 64, 1)
+        self.df_conv0_dw = nn.Parameter(torch.zeros(2, 9, 32))  # group, tap, output channel
+        self.df_conv0_pw = _linear(64, 64)
         self.df_conv1 = SeparableConv(64, 2)
         self.df_fc_emb = GroupedLinear(32, 96, 16)
         self.gru_in = GroupedLinear(16, 32, 16)
-        self.gru = _gru(256, 256, 1)
+        self.gru = nn.GRU(256, 256, num_layers=1, batch_first=True)
         self.gru_out = GroupedLinear(16, 16, 32)
         self.lsnr_fc = nn.Linear(512, 1)
         self.lsnr_scale = 50.0
         self.lsnr_offset = -15.0
 
-    def forward(self, feat_erb: torch.Tensor, feat_spec: torch.Tensor):
-        # Causal in time: two frames of zeros before, none after.
-        e0 = F.relu(self.erb_conv0(F.pad(feat_erb, (0, 0, 2, 0))))
+    def forward(self, feat_erb: torch.Tensor, feat_spec: torch.Tensor, ctx: int = 0,
+                h: torch.Tensor | None = None):
+        """Inputs carry ``ctx`` frames of context before the T frames wanted.
+
+        Returns e0..e3, emb and lsnr for the last T frames, c0 for all
+        ``ctx + T`` frames (the DF decoder's time kernel reaches back 4
+        frames), and the GRU state after the last frame.
+        """
+        b = feat_erb.shape[0]
+        e0 = F.relu(self.erb_conv0(_patches_3x3(feat_erb)))
         e1 = self.erb_conv1(e0)
         e2 = self.erb_conv2(e1)
         e3 = self.erb_conv3(e2)
-        c0 = F.relu(self.df_conv0_pw(self.df_conv0_dw(F.pad(feat_spec, (0, 0, 2, 0)))))
-        c1 = self.df_conv1(c0)
-        b, _, t, _ = c1.shape
-        cemb = F.relu(self.df_fc_emb(c1.permute(0, 2, 3, 1).reshape(b, t, -1)))
-        emb = e3.permute(0, 2, 3, 1).reshape(b, t, -1) + cemb
+        p = torch.stack([_patches_3x3(feat_spec[..., 0]), _patches_3x3(feat_spec[..., 1])], dim=3)  # (B,T,96,2,9)
+        c0 = torch.einsum("btfgk,gkc->btfgc", p, self.df_conv0_dw).reshape(b, -1, NB_DF, 64)
+        c0 = F.relu(self.df_conv0_pw(c0))
+        c1 = self.df_conv1(c0[:, ctx:])
+        e0, e1, e2, e3 = e0[:, ctx:], e1[:, ctx:], e2[:, ctx:], e3[:, ctx:]
+        t = e3.shape[1]
+        cemb = F.relu(self.df_fc_emb(c1.reshape(b, t, -1)))
+        emb = e3.reshape(b, t, -1) + cemb
         emb = F.relu(self.gru_in(emb))
-        emb, _ = self.gru(emb)
+        emb, h = self.gru(emb, h)
         emb = F.relu(self.gru_out(emb))
         lsnr = torch.sigmoid(self.lsnr_fc(emb)).squeeze(-1) * self.lsnr_scale + self.lsnr_offset
-        return e0, e1, e2, e3, emb, c0, lsnr
+        return e0, e1, e2, e3, emb, c0, lsnr, h
 
 
 class ErbDecoder(nn.Module):
-    """emb (B, T, 512) and e0..e3 -> ERB gains (B, T, 32) in [0, 1]."""
+    """emb (B, T, 512) and e0..e3 (channels-last) -> ERB gains (B, T, 32) in [0, 1]."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gru_in = GroupedLinear(16, 32, 16)
-        self.gru = _gru(256, 256, 2)
+        self.gru = nn.GRU(256, 256, num_layers=2, batch_first=True)
         self.gru_out = GroupedLinear(16, 16, 32)
-        self.conv3p = nn.Conv2d(64, 64, 1, groups=64)
+        self.conv3p = Scale(64)
         self.convt3 = SeparableConv(64, 1)
-        self.conv2p = nn.Conv2d(64, 64, 1, groups=64)
+        self.conv2p = Scale(64)
         self.convt2 = TransposedUp(64)
-        self.conv1p = nn.Conv2d(64, 64, 1, groups=64)
+        self.conv1p = Scale(64)
         self.convt1 = TransposedUp(64)
-        self.conv0p = nn.Conv2d(64, 64, 1, groups=64)
-        self.conv0_out = nn.Conv2d(64, 1, (1, 3), padding=(0, 1))
+        self.conv0p = Scale(64)
+        self.conv0_out = nn.Linear(64, 3)  # one output per frequency tap, summed after shifting
+        self.conv0_out_bias = 0.0
 
-    def forward(self, emb, e3, e2, e1, e0) -> torch.Tensor:
+    def forward(self, emb, e3, e2, e1, e0, h: torch.Tensor | None = None):
+        """Returns the gains and the GRU state after the last frame."""
         b, t, _ = emb.shape
         x = F.relu(self.gru_in(emb))
-        x, _ = self.gru(x)
-        x = F.relu(self.gru_out(x))
-        x = x.reshape(b, t, 8, 64).permute(0, 3, 1, 2)
+        x, h = self.gru(x, h)
+        x = F.relu(self.gru_out(x)).reshape(b, t, 8, 64)
         x = self.convt3(F.relu(self.conv3p(e3)) + x)
         x = self.convt2(F.relu(self.conv2p(e2)) + x)
         x = self.convt1(F.relu(self.conv1p(e1)) + x)
-        m = torch.sigmoid(self.conv0_out(F.relu(self.conv0p(e0)) + x))
-        return m[:, 0]
+        taps = _pad_freq(self.conv0_out(F.relu(self.conv0p(e0)) + x))  # (B, T, 34, 3)
+        f = NB_ERB
+        z = taps[:, :, 0:f, 0] + taps[:, :, 1 : f + 1, 1] + taps[:, :, 2 : f + 2, 2] + self.conv0_out_bias
+        return torch.sigmoid(z), h
 
 
 class DfDecoder(nn.Module):
-    """emb (B, T, 512), c0 (B, 64, T, 96) -> DF coefficients (B, T, 96, 5, 2) (real, imaginary)."""
+    """emb (B, T, 512), c0 (B, 4 + T, 96, 64) -> DF coefficients (B, T, 96, 5, 2) (real, imaginary).
+
+    c0 carries the 4 frames before the T frames (zeros at the start of a stream).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.gru_in = GroupedLinear(8, 64, 32)
-        self.gru = _gru(256, 256, 2)
+        self.gru = nn.GRU(256, 256, num_layers=2, batch_first=True)
         self.skip = GroupedLinear(16, 32, 16)
-        self.convp_dw = nn.Conv2d(64, 10, (5, 1), groups=2, bias=False)
-        self.convp_pw = nn.Conv2d(10, 10, 1)
+        # Grouped (5, 1) causal time conv 64 -> 10 in two groups: per group, one
+        # matrix from 32 input channels to (5 outputs x 5 time taps).
+        self.convp_dw = nn.Parameter(torch.zeros(2, 32, 5, 5))  # group, in channel, out channel, tap
+        self.convp_pw = _linear(10, 10)
         self.out = GroupedLinear(16, 16, 60)
 
-    def forward(self, emb: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    def forward(self, emb: torch.Tensor, c0: torch.Tensor, h: torch.Tensor | None = None):
+        """Returns the coefficients and the GRU state after the last frame."""
         b, t, _ = emb.shape
         x = F.relu(self.gru_in(emb))
-        x, _ = self.gru(x)
+        x, h = self.gru(x, h)
         x = x + self.skip(emb)
-        # Causal: four frames of zeros before the kernel of 5 in time.
-        p = F.relu(self.convp_pw(self.convp_dw(F.pad(c0, (0, 0, 4, 0)))))
-        coefs = torch.tanh(self.out(x)).reshape(b, t, NB_DF, 2 * DF_ORDER) + p.permute(0, 2, 3, 1)
-        return coefs.reshape(b, t, NB_DF, DF_ORDER, 2)
+        y = torch.einsum("btfgi,giok->btfgok", c0.reshape(b, t + 4, NB_DF, 2, 32), self.convp_dw)
+        p = sum(y[:, k : k + t, :, :, :, k] for k in range(5)).reshape(b, t, NB_DF, 10)
+        p = F.relu(self.convp_pw(p))
+        coefs = torch.tanh(self.out(x)).reshape(b, t, NB_DF, 2 * DF_ORDER) + p
+        return coefs.reshape(b, t, NB_DF, DF_ORDER, 2), h
 
 
 class DFN3Net(nn.Module):
-    """The three graphs together. Features in; gains (B, T, 32), coefs (B, T, 96, 5, 2), lsnr (B, T) out."""
+    """The three graphs together.
+
+    feat_erb (B, ctx + T, 32), feat_spec (B, ctx + T, 96, 2) -> gains (B, T, 32),
+    coefs (B, T, 96, 5, 2), lsnr (B, T), state. Frame t's outputs depend on
+    frames <= t only (the look-ahead is applied by the caller).
+
+    Streaming in chunks: pass ``ctx = CONTEXT_FRAMES`` frames of the previous
+    chunk before each chunk after the first, and the ``state`` returned by the
+    previous call. The first chunk of a stream has ``ctx = 0`` and
+    ``state = None``: the convolutions then see zeros before it and the GRUs
+    start from zero, as in the ONNX graphs. Chunked results equal one-piece
+    results up to float rounding.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -293,11 +405,17 @@ class DFN3Net(nn.Module):
         self.erb_dec = ErbDecoder()
         self.df_dec = DfDecoder()
 
-    def forward(self, feat_erb: torch.Tensor, feat_spec: torch.Tensor):
-        e0, e1, e2, e3, emb, c0, lsnr = self.enc(feat_erb, feat_spec)
-        gains = self.erb_dec(emb, e3, e2, e1, e0)
-        coefs = self.df_dec(emb, c0)
-        return gains, coefs, lsnr
+    def forward(self, feat_erb: torch.Tensor, feat_spec: torch.Tensor, ctx: int = 0,
+                state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+        if ctx not in (0, CONTEXT_FRAMES):
+            raise ValueError(f"ctx={ctx} must be 0 (start of a stream) or {CONTEXT_FRAMES}")
+        h_enc, h_erb, h_df = state if state is not None else (None, None, None)
+        e0, e1, e2, e3, emb, c0, lsnr, h_enc = self.enc(feat_erb, feat_spec, ctx, h_enc)
+        gains, h_erb = self.erb_dec(emb, e3, e2, e1, e0, h_erb)
+        # The DF decoder's causal time kernel needs the 4 frames of c0 before the chunk.
+        c0 = c0[:, ctx - 4 :] if ctx else F.pad(c0, (0, 0, 0, 0, 4, 0))
+        coefs, h_df = self.df_dec(emb, c0, h_df)
+        return gains, coefs, lsnr, (h_enc, h_erb, h_df)
 
     @classmethod
     def from_onnx(cls, graphs: dict[str, bytes]) -> "DFN3Net":
@@ -306,54 +424,59 @@ class DFN3Net(nn.Module):
         erb = _node_tensors(graphs["erb_dec.onnx"])
         dfd = _node_tensors(graphs["df_dec.onnx"])
 
-        def conv(module: nn.Module, tensors: list[np.ndarray]) -> None:
-            module.weight.data.copy_(torch.from_numpy(np.array(tensors[0])))
-            if len(tensors) > 1:
-                module.bias.data.copy_(torch.from_numpy(np.array(tensors[1]).reshape(-1)))
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(np.array(a)))
 
         def sep(module: SeparableConv | TransposedUp, dw: str, pw: str, src) -> None:
-            conv(module.depthwise, src[dw])
-            conv(module.pointwise, src[pw])
+            module.depthwise.load(src[dw][0])
+            _load_pointwise(module.pointwise, src[pw])
 
         e = net.enc
-        conv(e.erb_conv0, enc["/erb_conv0/1/Conv"])
+        w0, b0 = enc["/erb_conv0/1/Conv"]  # (64, 1, 3, 3), (64,)
+        e.erb_conv0.weight.data.copy_(t(np.array(w0).reshape(64, 9)))
+        e.erb_conv0.bias.data.copy_(t(b0))
         sep(e.erb_conv1, "/erb_conv1/0/Conv", "/erb_conv1/1/Conv", enc)
         sep(e.erb_conv2, "/erb_conv2/Conv", "/erb_conv2/Conv_1", enc)
         sep(e.erb_conv3, "/erb_conv3/0/Conv", "/erb_conv3/1/Conv", enc)
-        conv(e.df_conv0_dw, enc["/df_conv0/1/Conv"])
-        conv(e.df_conv0_pw, enc["/df_conv0/2/Conv"])
+        wd = np.array(enc["/df_conv0/1/Conv"][0]).reshape(2, 32, 9)  # out = group*32 + j
+        e.df_conv0_dw.data.copy_(t(wd.transpose(0, 2, 1)))
+        _load_pointwise(e.df_conv0_pw, enc["/df_conv0/2/Conv"])
         sep(e.df_conv1, "/df_conv1/Conv", "/df_conv1/Conv_1", enc)
-        conv(e.df_fc_emb, enc["/df_fc_emb/0/Einsum"])
-        conv(e.gru_in, enc["/emb_gru/linear_in/0/Einsum"])
+        e.df_fc_emb.weight.data.copy_(t(enc["/df_fc_emb/0/Einsum"][0]))
+        e.gru_in.weight.data.copy_(t(enc["/emb_gru/linear_in/0/Einsum"][0]))
         _load_gru_layer(e.gru, 0, enc["/emb_gru/GRU"])
-        conv(e.gru_out, enc["/emb_gru/linear_out/0/Einsum"])
-        e.lsnr_fc.weight.data.copy_(torch.from_numpy(np.array(enc["/lsnr_fc/0/MatMul"][0]).T.copy()))
-        e.lsnr_fc.bias.data.copy_(torch.from_numpy(np.array(enc["/lsnr_fc/0/Add"][0]).reshape(1)))
-        e.lsnr_scale = float(np.asarray(enc["/Mul"][0]))
-        e.lsnr_offset = float(np.asarray(enc["/Add"][0]))
+        e.gru_out.weight.data.copy_(t(enc["/emb_gru/linear_out/0/Einsum"][0]))
+        e.lsnr_fc.weight.data.copy_(t(np.array(enc["/lsnr_fc/0/MatMul"][0]).T))
+        e.lsnr_fc.bias.data.copy_(t(np.array(enc["/lsnr_fc/0/Add"][0]).reshape(1)))
+        e.lsnr_scale = float(np.array(enc["/Mul"][0]))
+        e.lsnr_offset = float(np.array(enc["/Add"][0]))
 
         d = net.erb_dec
-        conv(d.gru_in, erb["/emb_gru/linear_in/Einsum"])
+        d.gru_in.weight.data.copy_(t(erb["/emb_gru/linear_in/Einsum"][0]))
         _load_gru_layer(d.gru, 0, erb["/emb_gru/GRU"])
         _load_gru_layer(d.gru, 1, erb["/emb_gru/GRU_1"])
-        conv(d.gru_out, erb["/emb_gru/linear_out/Einsum"])
-        conv(d.conv3p, erb["/conv3p/0/Conv"])
+        d.gru_out.weight.data.copy_(t(erb["/emb_gru/linear_out/Einsum"][0]))
+        d.conv3p.load(erb["/conv3p/0/Conv"])
         sep(d.convt3, "/convt3/Conv", "/convt3/Conv_1", erb)
-        conv(d.conv2p, erb["/conv2p/Conv"])
+        d.conv2p.load(erb["/conv2p/Conv"])
         sep(d.convt2, "/convt2/0/ConvTranspose", "/convt2/1/Conv", erb)
-        conv(d.conv1p, erb["/conv1p/Conv"])
+        d.conv1p.load(erb["/conv1p/Conv"])
         sep(d.convt1, "/convt1/ConvTranspose", "/convt1/Conv", erb)
-        conv(d.conv0p, erb["/conv0p/Conv"])
-        conv(d.conv0_out, erb["/conv0_out/0/Conv"])
+        d.conv0p.load(erb["/conv0p/Conv"])
+        wo, bo = erb["/conv0_out/0/Conv"]  # (1, 64, 1, 3), (1,)
+        d.conv0_out.weight.data.copy_(t(np.array(wo)[0, :, 0, :].T))
+        d.conv0_out.bias.data.zero_()
+        d.conv0_out_bias = float(np.array(bo).reshape(-1)[0])
 
         f = net.df_dec
-        conv(f.gru_in, dfd["/df_gru/linear_in/linear_in.0/Einsum"])
+        f.gru_in.weight.data.copy_(t(dfd["/df_gru/linear_in/linear_in.0/Einsum"][0]))
         _load_gru_layer(f.gru, 0, dfd["/df_gru/gru/GRU"])
         _load_gru_layer(f.gru, 1, dfd["/df_gru/gru/GRU_1"])
-        conv(f.skip, dfd["/df_skip/Einsum"])
-        conv(f.convp_dw, dfd["/df_convp/df_convp.1/Conv"])
-        conv(f.convp_pw, dfd["/df_convp/df_convp.2/Conv"])
-        conv(f.out, dfd["/df_out/df_out.0/Einsum"])
+        f.skip.weight.data.copy_(t(dfd["/df_skip/Einsum"][0]))
+        wp = np.array(dfd["/df_convp/df_convp.1/Conv"][0])[..., 0]  # (10, 32, 5): out, in-in-group, tap
+        f.convp_dw.data.copy_(t(wp.reshape(2, 5, 32, 5).transpose(0, 2, 1, 3)))
+        _load_pointwise(f.convp_pw, dfd["/df_convp/df_convp.2/Conv"])
+        f.out.weight.data.copy_(t(dfd["/df_out/df_out.0/Einsum"][0]))
         return net.eval()
 
 
@@ -483,7 +606,7 @@ def deep_filter(spec: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class EnhanceResult:
-    """``audio``: (channels, samples) float32 at 48 kHz; ``lsnr_db``: (channels, frames) per 10 ms hop."""
+    """``audio``: (streams, samples) float32 at 48 kHz; ``lsnr_db``: (streams, frames), one per 10 ms hop."""
 
     audio: np.ndarray
     lsnr_db: np.ndarray
@@ -492,122 +615,118 @@ class EnhanceResult:
 class DFN3Engine:
     """Whole-file DeepFilterNet3 on one device.
 
-    ``chunk_frames`` frames (10 ms each) are enhanced per network run, with
-    ``warmup_frames`` of preceding context; ``batch_chunks`` runs are batched
-    together. Channels are enhanced independently.
+    Every row of the input is an independent stream (a channel, or an item);
+    all streams are enhanced together as one batch. Time is walked in chunks
+    of ``chunk_frames`` 10 ms frames; between chunks the engine carries the
+    GRU states, the running-mean normalisation, the last frames of features
+    and spectrum, and the overlap-add tail, so the result is the same as
+    processing in one piece while memory stays proportional to
+    ``streams x chunk_frames``. (DFN3's GRUs remember for many seconds, so
+    independent chunks with a warm-up would leave audible seams.)
     """
 
-    def __init__(self, net: DFN3Net, device: torch.device, chunk_frames: int = 3000, warmup_frames: int = 300,
-                 batch_chunks: int = 8, min_db_thresh: float = MIN_DB_THRESH,
-                 max_db_erb_thresh: float = MAX_DB_ERB_THRESH, max_db_df_thresh: float = MAX_DB_DF_THRESH):
+    def __init__(self, net: DFN3Net, device: torch.device, chunk_frames: int = 1000,
+                 min_db_thresh: float = MIN_DB_THRESH, max_db_erb_thresh: float = MAX_DB_ERB_THRESH,
+                 max_db_df_thresh: float = MAX_DB_DF_THRESH):
+        if chunk_frames < CONTEXT_FRAMES:
+            raise ValueError(f"chunk_frames={chunk_frames} must be at least {CONTEXT_FRAMES}")
         self.device = device
         self.net = net.to(device).eval()
         self.path = SignalPath().to(device)
         self.chunk_frames = int(chunk_frames)
-        self.warmup_frames = int(warmup_frames)
-        self.batch_chunks = int(batch_chunks)
         self.min_db_thresh = min_db_thresh
         self.max_db_erb_thresh = max_db_erb_thresh
         self.max_db_df_thresh = max_db_df_thresh
 
-    def _frames(self, x_pad: np.ndarray, start: int, count: int) -> torch.Tensor:
-        """Frames [start, start+count) of the zero-prefixed signal. x_pad (C, S) -> (C, count, 960)."""
-        seg = x_pad[:, start * HOP : (start + count + 1) * HOP]
-        seg_t = torch.from_numpy(np.ascontiguousarray(seg)).to(self.device, non_blocking=True)
-        return seg_t.unfold(-1, FFT_SIZE, HOP)
-
     @torch.inference_mode()
     def enhance(self, audio: np.ndarray, attenuation_limit_db: float | None = None) -> EnhanceResult:
-        """Enhance 48 kHz audio (channels, samples). ``attenuation_limit_db`` None = no limit."""
+        """Enhance 48 kHz audio (streams, samples) or (samples,). ``attenuation_limit_db`` None: no limit."""
         x = np.asarray(audio, dtype=np.float32)
         if x.ndim == 1:
             x = x[None]
-        n_ch, n = x.shape
-        path = self.path
-        n_out = -(-n // HOP) + 1  # output frames covering every input sample
-        n_net = n_out + LOOKAHEAD  # network frames (look-ahead beyond the end sees zeros)
-        if n_net <= self.chunk_frames + LOOKAHEAD:
-            core, warm, length = n_out, 0, n_net
-        else:
-            core, warm = self.chunk_frames, self.warmup_frames
-            length = warm + core + LOOKAHEAD
-        n_chunks = -(-n_out // core)
-        starts = [max(0, k * core - warm) for k in range(n_chunks)]
-        last_frame = max(starts) + length  # one past the last frame any window reads
-        total = (last_frame + 1) * HOP
-        x_pad = np.zeros((n_ch, total), np.float32)
-        x_pad[:, HOP : HOP + n] = x
-
+        n_st, n = x.shape
+        path, dev = self.path, self.device
+        n_out = -(-n // HOP) + 1  # output frames: frame tau covers samples [480 (tau - 1), 480 (tau + 1))
+        n_net = n_out + LOOKAHEAD  # the network runs 2 frames ahead of the output
         lim = None
         if attenuation_limit_db is not None and attenuation_limit_db < 100:
             lim = 10 ** (-abs(attenuation_limit_db) / 20)
 
-        y_syn = np.zeros((n_ch, (n_out + 1) * HOP), np.float32)
-        lsnr_out = np.zeros((n_ch, n_out), np.float32)
-        mean_state = path.mean_init.expand(n_ch, NB_ERB).clone()
-        unit_state = path.unit_init.expand(n_ch, NB_DF).clone()
-        state_frame = 0  # frame index the running-mean states refer to (state before that frame)
-
-        for g0 in range(0, n_chunks, self.batch_chunks):
-            ks = list(range(g0, min(n_chunks, g0 + self.batch_chunks)))
-            f0 = starts[ks[0]]
-            f1 = starts[ks[-1]] + length
-            assert f0 == state_frame
-            spec = path.stft(self._frames(x_pad, f0, f1 - f0))  # (C, Tg, 481)
+        y_out = np.zeros((n_st, (n_out + 1) * HOP), np.float32)
+        lsnr_out = np.zeros((n_st, n_out), np.float32)
+        mean_state = path.mean_init.expand(n_st, NB_ERB).clone()
+        unit_state = path.unit_init.expand(n_st, NB_DF).clone()
+        state = None
+        feat_ctx: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Noisy spectrum of the 4 frames before the chunk: the deep filter reaches
+        # 2 frames behind the output frame, which itself is 2 behind the network.
+        spec_hist = torch.zeros(n_st, 4, N_FREQS, dtype=torch.complex64, device=dev)
+        # The signal with one hop of zeros in front, as libDF's analysis memory starts.
+        x_dev = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
+        for a in range(0, n_net, self.chunk_frames):
+            b = min(n_net, a + self.chunk_frames)
+            t = b - a
+            # Samples of frames [a, b): x_pad[480 a : 480 (b + 1)], x_pad = [0]*480 + x + zeros.
+            s0, s1 = a * HOP - HOP, (b + 1) * HOP - HOP
+            seg = x_dev[:, max(0, s0) : max(0, min(n, s1))]
+            seg = F.pad(seg, (max(0, -s0), (s1 - s0) - seg.shape[1] - max(0, -s0)))
+            spec = path.stft(seg.unfold(-1, FFT_SIZE, HOP))  # (S, t, 481)
             erb_db = path.erb_power_db(spec)
             mean = exp_smooth(erb_db, mean_state)
-            feat_erb = (erb_db - mean) / 40.0
             low = spec[..., :NB_DF]
             unit = exp_smooth(low.abs(), unit_state)
-            feat_spec = low / unit.sqrt()
-            if ks[-1] + 1 < n_chunks:
-                nxt = starts[ks[-1] + 1] - f0
-                mean_state = mean[:, nxt - 1] if nxt > 0 else mean_state
-                unit_state = unit[:, nxt - 1] if nxt > 0 else unit_state
-                state_frame = starts[ks[-1] + 1]
+            mean_state, unit_state = mean[:, -1], unit[:, -1]
+            fe = (erb_db - mean) / 40.0
+            fs = torch.view_as_real(low / unit.sqrt())
+            if feat_ctx is None:
+                ctx = 0
+            else:
+                ctx = CONTEXT_FRAMES
+                fe = torch.cat([feat_ctx[0], fe], 1)
+                fs = torch.cat([feat_ctx[1], fs], 1)
+            feat_ctx = (fe[:, -CONTEXT_FRAMES:], fs[:, -CONTEXT_FRAMES:])
+            gains, coefs, lsnr, state = self.net(fe, fs.contiguous(), ctx, state)
 
-            # Cut windows: batch index = chunk-major, channel-minor.
-            offs = [starts[k] - f0 for k in ks]
-            fe = torch.stack([feat_erb[:, o : o + length] for o in offs], 0).reshape(-1, 1, length, NB_ERB)
-            fs = torch.stack([feat_spec[:, o : o + length] for o in offs], 0).reshape(-1, length, NB_DF)
-            fs = torch.stack([fs.real, fs.imag], 1)
-            gains, coefs, lsnr = self.net(fe, fs)
-            gains = gains.reshape(len(ks), n_ch, length, NB_ERB)
-            coefs = coefs.reshape(len(ks), n_ch, length, NB_DF, DF_ORDER, 2)
-            lsnr = lsnr.reshape(len(ks), n_ch, length)
+            # Network frame t enhances output frame t - 2.
+            spec_ext = torch.cat([spec_hist, spec], 1)  # frames a-4 .. b-1
+            spec_hist = spec_ext[:, -4:]
+            x_spec = spec_ext[:, 2 : 2 + t]  # frames a-2 .. b-3
+            y = x_spec * path.gains_to_bins(gains)
+            df_low = deep_filter(spec_ext[:, :, :NB_DF], coefs)
+            apply_df = (lsnr <= self.max_db_df_thresh) & (lsnr >= self.min_db_thresh)
+            y = torch.cat([torch.where(apply_df[..., None], df_low, y[..., :NB_DF]), y[..., NB_DF:]], -1)
+            y = torch.where((lsnr > self.max_db_erb_thresh)[..., None], x_spec, y)
+            y = torch.where((lsnr < self.min_db_thresh)[..., None], torch.zeros_like(y), y)
+            if lim is not None:
+                y = y * (1 - lim) + x_spec * lim
+            frames = path.istft_frames(y)  # (S, t, 960)
+            ola = F.pad(frames[..., :HOP], (0, 0, 0, 1)) + F.pad(frames[..., HOP:], (0, 0, 1, 0))
+            ola = ola.reshape(n_st, -1).cpu().numpy()
+            tau0 = a - LOOKAHEAD
+            skip = max(0, -tau0)  # output frames before 0 are the runtime's start-up zeros
+            lo = (tau0 + skip) * HOP
+            y_out[:, lo : lo + ola.shape[1] - skip * HOP] += ola[:, skip * HOP :]
+            lsnr_out[:, tau0 + skip : tau0 + t] = lsnr[:, skip:].cpu().numpy()
+        # Output frame tau sits at y_out[480 tau:], which is input sample 480 (tau - 1).
+        return EnhanceResult(y_out[:, HOP : HOP + n].copy(), lsnr_out)
 
-            for i, k in enumerate(ks):
-                o0 = k * core  # first output frame of this chunk
-                o1 = min(n_out, o0 + core)
-                cnt = o1 - o0
-                rel = o0 - starts[k]  # window index of output frame o0
-                net_sl = slice(rel + LOOKAHEAD, rel + LOOKAHEAD + cnt)  # network step t = frame + 2
-                g = gains[i, :, net_sl]
-                c = coefs[i, :, net_sl]
-                snr = lsnr[i, :, net_sl]
-                go = o0 - f0  # group-relative index of frame o0
-                x_spec = spec[:, go : go + cnt]
-                lo = go - 2
-                if lo >= 0:
-                    ctx = spec[:, lo : go + cnt + 2, :NB_DF]
-                else:  # frames before the start are zeros, as in the runtime's initial buffers
-                    ctx = F.pad(spec[:, : go + cnt + 2, :NB_DF], (0, 0, -lo, 0))
-                y = x_spec * path.gains_to_bins(g)
-                df_low = deep_filter(ctx, c)
-                apply_df = (snr <= self.max_db_df_thresh) & (snr >= self.min_db_thresh)
-                y_low = torch.where(apply_df[..., None], df_low, y[..., :NB_DF])
-                y = torch.cat([y_low, y[..., NB_DF:]], -1)
-                passthru = snr > self.max_db_erb_thresh
-                mute = snr < self.min_db_thresh
-                y = torch.where(passthru[..., None], x_spec, y)
-                y = torch.where(mute[..., None], torch.zeros_like(y), y)
-                if lim is not None:
-                    y = y * (1 - lim) + x_spec * lim
-                frames = path.istft_frames(y).cpu().numpy()  # (C, cnt, 960)
-                block = np.zeros((n_ch, cnt + 1, HOP), np.float32)
-                block[:, :cnt] += frames[..., :HOP]
-                block[:, 1:] += frames[..., HOP:]
-                y_syn[:, o0 * HOP : (o1 + 1) * HOP] += block.reshape(n_ch, -1)
-                lsnr_out[:, o0:o1] = snr.cpu().numpy()
-        # y_syn lags x_pad by nothing, and x_pad leads the input by one hop.
-        return EnhanceResult(y_syn[:, HOP : HOP + n].copy(), lsnr_out)
+    def enhance_many(self, items: list[np.ndarray], attenuation_limit_db: float | None = None) -> list[EnhanceResult]:
+        """Enhance several 48 kHz recordings (each (channels, samples) or (samples,)) in one batch.
+
+        Shorter items are zero-padded at the end; the network is causal apart
+        from its 2-frame look-ahead, which sees zeros past the end either
+        way, so each result equals enhancing that item alone.
+        """
+        arrays = [np.atleast_2d(np.asarray(i, dtype=np.float32)) for i in items]
+        if not arrays:
+            return []
+        longest = max(a.shape[1] for a in arrays)
+        stacked = np.concatenate([np.pad(a, ((0, 0), (0, longest - a.shape[1]))) for a in arrays], 0)
+        res = self.enhance(stacked, attenuation_limit_db)
+        out, row = [], 0
+        for a in arrays:
+            c, n = a.shape
+            frames = -(-n // HOP) + 1
+            out.append(EnhanceResult(res.audio[row : row + c, :n].copy(), res.lsnr_db[row : row + c, :frames].copy()))
+            row += c
+        return out
