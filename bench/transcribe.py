@@ -119,7 +119,11 @@ def main() -> None:
     ap.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated condition names")
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--mix-fractions", default="0.3,0.5", help="observation-adding fractions to compare")
+    ap.add_argument("--mix-fractions", default="0.3", help="observation-adding fractions to compare")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/archivox-bench-transcribe"),
+                    help="where per-view transcripts are kept between runs (policies can then be compared without decoding again)")
+    ap.add_argument("--flag-minutes", type=float, default=6.0,
+                    help="minutes of clean corpus speech over which hallucination flags are counted (0: skip)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -159,59 +163,136 @@ def main() -> None:
     clean_wer = wer(refs, clean_hyps)
     print(f"{len(rows)} utterances, {audio_s:.0f} s; clean WER {clean_wer:.1f} %  ({asr_seconds:.1f} s)", flush=True)
 
+    view_of = {"mix": f"mix{options.mix_fraction:g}", "pre_denoise": "dsp", "restored": "denoised", "original": "raw"}
+    policies = {
+        "mix+dsp": ("mix", "pre_denoise"),
+        "mix+denoised": ("mix", "restored"),
+        "mix+dsp+denoised": ("mix", "pre_denoise", "restored"),
+        "all four": ("mix", "pre_denoise", "restored", "original"),
+    }
     table = []
     policy_rows = []
     timing = {"restore_s": 0.0, "decode_views_s": 0.0, "views_decoded": 0}
+    cache = args.cache / args.model.replace("/", "_") if args.cache else None
     for cond in conditions:
         hyps = {v: [] for v in all_views}
-        chosen = {"default": [], "mix+dsp+denoised": [], "mix+dsp": []}
+        chosen = {name: [] for name in policies}
+        default_hyps = []
         winners: dict[str, int] = {}
         for i, (s, row) in enumerate(zip(speech, rows)):
-            degraded = degrade(s, cond, noises[i % len(noises)], seed=1000 + i)
-            t = time.perf_counter()
-            pre = dsp_chain(degraded[None, :]).audio[0] if dsp_chain else degraded
-            restored = full_chain(degraded[None, :]).audio[0]
-            timing["restore_s"] += time.perf_counter() - t
-            raw16, pre16, rest16 = (to_whisper_input(x, RATE_HZ) for x in (degraded, pre, restored))
-            sources = {"original": raw16, "pre_denoise": pre16, "restored": rest16}
-            for f in fractions:
-                sources[f"mix{f:g}"] = observation_mix(rest16, pre16, f)
-            t = time.perf_counter()
-            # One decode per view; the policies below are chosen from these.
-            results = {}
-            for view, key in [("raw", "original"), ("dsp", "pre_denoise"), ("denoised", "restored")] + [
-                (f"mix{f:g}", f"mix{f:g}") for f in fractions
-            ]:
-                tr, _ = transcribe_candidates({"restored": sources[key]}, replace(options, asr_input="restored"))
-                results[view] = tr
-                hyps[view].append(tr.text())
-            timing["decode_views_s"] += time.perf_counter() - t
-            timing["views_decoded"] += len(results)
-            default_mix = f"mix{options.mix_fraction:g}"
-            policies = {
-                "default": {"mix": results[default_mix], "pre_denoise": results["dsp"]},
-                "mix+dsp+denoised": {"mix": results[default_mix], "pre_denoise": results["dsp"], "restored": results["denoised"]},
-                "mix+dsp": {"mix": results[default_mix], "pre_denoise": results["dsp"]},
-            }
-            for name, cands in policies.items():
-                cands = {k: _copy(v) for k, v in cands.items()}
-                pick_tr = choose(cands)
-                chosen[name].append(pick_tr.text())
+            results = _cached(cache, cond, row, all_views)
+            if results is None:
+                degraded = degrade(s, cond, noises[i % len(noises)], seed=1000 + i)
+                t = time.perf_counter()
+                pre = dsp_chain(degraded[None, :]).audio[0] if dsp_chain else degraded
+                restored = full_chain(degraded[None, :]).audio[0]
+                timing["restore_s"] += time.perf_counter() - t
+                raw16, pre16, rest16 = (to_whisper_input(x, RATE_HZ) for x in (degraded, pre, restored))
+                views = {"raw": raw16, "dsp": pre16, "denoised": rest16}
+                for f in fractions:
+                    views[f"mix{f:g}"] = observation_mix(rest16, pre16, f)
+                t = time.perf_counter()
+                # One decode per view; the policies below choose among these.
+                results = {
+                    v: transcribe_candidates({"restored": views[v]}, replace(options, asr_input="restored"))[0]
+                    for v in all_views
+                }
+                timing["decode_views_s"] += time.perf_counter() - t
+                timing["views_decoded"] += len(results)
+                _store(cache, cond, row, results)
+            for v in all_views:
+                hyps[v].append(results[v].text())
+            for name, cands in list(policies.items()) + [("default", options.candidates)]:
+                pick_tr = choose({c: _copy(results[view_of[c]]) for c in cands})
+                (default_hyps if name == "default" else chosen[name]).append(pick_tr.text())
                 if name == "default":
                     winners[pick_tr.candidate] = winners.get(pick_tr.candidate, 0) + 1
         w = {v: wer(refs, hyps[v]) for v in all_views}
-        w["archivox"] = wer(refs, chosen["default"])
+        w["archivox"] = wer(refs, default_hyps)
         table.append((cond, w, winners))
         policy_rows.append((cond, {k: wer(refs, v) for k, v in chosen.items()}))
         print(cond, {k: round(v, 1) for k, v in w.items()}, winners, flush=True)
 
     lines = _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timing, dsp_names, full_names,
                     asr_seconds, options)
+    if args.flag_minutes > 0:
+        lines += _flag_rate(corpus, args.flag_minutes, options)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+
+
+def _flag_rate(corpus: Path, minutes: float, options: TranscribeOptions) -> list[str]:
+    """Flags per 5 minutes on clean read speech (utterances joined with 1 s pauses, decoded as long items)."""
+    from archivox.tasks.hallucination import flag_counts
+
+    rows = sorted(
+        (r for r in csv.DictReader(open(corpus / "manifest.csv")) if r["category"] == "speech_clean" and r["transcript"].strip()),
+        key=lambda r: r["path"],
+    )
+    pause = np.zeros(16_000, np.float32)
+    items, current, total = [], [], 0.0
+    for r in rows:
+        x = to_whisper_input(load(corpus / r["path"], 16_000), 16_000)
+        current += [x, pause]
+        total += x.size / 16_000 + 1.0
+        if sum(c.size for c in current) > 120 * 16_000:  # two-minute items, like an interview excerpt
+            items.append(np.concatenate(current))
+            current = []
+        if total >= minutes * 60:
+            break
+    if current:
+        items.append(np.concatenate(current))
+    opts = replace(options, asr_input="restored")
+    counts: dict[str, int] = {}
+    flagged, segments, examples = 0, 0, []
+    t = time.perf_counter()
+    for audio in items:
+        tr, _ = transcribe_candidates({"restored": audio}, opts)
+        segments += len(tr.segments)
+        for name, n in flag_counts(tr.segments).items():
+            counts[name] = counts.get(name, 0) + n
+        for s in tr.segments:
+            if s.flags:
+                flagged += 1
+                examples.append(f"{s.flags} {s.text[:60]!r}")
+    seconds = time.perf_counter() - t
+    per5 = flagged / (total / 300.0)
+    print(f"flags on clean speech: {flagged} of {segments} segments in {total / 60:.1f} min", counts, flush=True)
+    return [
+        "",
+        f"Hallucination flags on clean read speech: {total / 60:.1f} min of corpus utterances (joined into "
+        f"{len(items)} items of about 2 min with 1 s pauses, default options): **{flagged} flagged segments of "
+        f"{segments}, {per5:.2f} per 5 minutes**; by flag: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items() if v) + (f"; e.g. {examples[:3]}" if examples else "")
+        + f" ({seconds:.0f} s).",
+        "The planted-hallucination check (text placed in 5 s stretches of silence, hiss, hum and clicks between "
+        "utterances) is a test: tests/test_hallucination.py::test_planted_text_in_silence_and_noise_is_caught.",
+    ]
+
+
+def _cached(cache, cond, row, views):
+    from archivox.tasks.exports import read_json
+
+    if cache is None:
+        return None
+    paths = {v: cache / cond.replace(" ", "_") / f"{Path(row['path']).stem}.{v}.json" for v in views}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    return {v: read_json(p) for v, p in paths.items()}
+
+
+def _store(cache, cond, row, results):
+    from archivox.tasks.exports import write_sidecars
+
+    if cache is None:
+        return
+    folder = cache / cond.replace(" ", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    for v, tr in results.items():
+        write_sidecars(tr, folder / f"{Path(row['path']).stem}.{v}", formats=["json"])
 
 
 def _copy(tr):
@@ -236,7 +317,8 @@ def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timin
         "clicks and white hiss at the SNRs named. WER in % (jiwer, Whisper's English normaliser), all utterances pooled.",
         f"DSP stages: {', '.join(dsp_names) or 'none'}; restored chain: {', '.join(full_names)} (denoise wet_mix at its default).",
         f"`mixF`: observation adding, (1-F) x restored (level-matched) + F x DSP-only. `archivox`: `transcribe_item` default "
-        f"policy (candidates {', '.join(options.candidates)}, mix fraction {options.mix_fraction}, best evidence kept).",
+        f"policy (candidates {', '.join(options.candidates)}, mix fraction {options.mix_fraction}, best evidence kept: "
+        "confidence plus agreement between candidates).",
         "",
         f"Clean speech WER: **{clean_wer:.1f} %**",
         "",
@@ -273,10 +355,10 @@ def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timin
         "",
         f"- clean pass: {audio_s:.0f} s of audio in {asr_seconds:.1f} s ({audio_s / asr_seconds:.1f}x real time) per view",
         f"- restoration chain (DSP + denoise): {total_audio:.0f} s of audio in {timing['restore_s']:.1f} s "
-        f"({total_audio / max(timing['restore_s'], 1e-9):.1f}x real time)",
+        f"({total_audio / max(timing['restore_s'], 1e-9):.1f}x real time; 0 s: restored views came from --cache)",
         f"- decoding: {timing['views_decoded']} view decodes of {audio_s / len(rows):.1f} s on average in "
-        f"{timing['decode_views_s']:.1f} s ({timing['decode_views_s'] / timing['views_decoded']:.2f} s per decode); "
-        f"the default policy decodes {len(options.candidates)} views per item.",
+        f"{timing['decode_views_s']:.1f} s ({timing['decode_views_s'] / max(timing['views_decoded'], 1):.2f} s per decode); "
+        f"the default policy decodes {len(options.candidates)} views per item (0 decodes: all views came from --cache).",
     ]
     return lines
 

@@ -265,7 +265,7 @@ def transcribe_candidates(
     options = options or TranscribeOptions()
     if "restored" not in sources:
         raise ConfigError(f"transcribe_item needs a 'restored' source; got {sorted(sources)}")
-    language = language or options.language
+    language = whisper_language(language or options.language)
     handle = _model_for(options, language)
     views = asr_views(sources, options)
     # Detect the language once, on the first view, so that every candidate is
@@ -275,6 +275,41 @@ def transcribe_candidates(
     results = {name: _decode(handle, audio, options, plan) for name, audio in views.items()}
     chosen = choose(results)
     return chosen, results
+
+
+# ISO 639-2 codes archives commonly write, for the languages Whisper knows best.
+_ISO639_2 = {
+    "eng": "en", "deu": "de", "ger": "de", "fra": "fr", "fre": "fr", "spa": "es", "ita": "it", "por": "pt",
+    "nld": "nl", "dut": "nl", "rus": "ru", "pol": "pl", "ces": "cs", "cze": "cs", "swe": "sv", "dan": "da",
+    "nor": "no", "fin": "fi", "hun": "hu", "ron": "ro", "rum": "ro", "ell": "el", "gre": "el", "tur": "tr",
+    "ukr": "uk", "heb": "he", "ara": "ar", "zho": "zh", "chi": "zh", "jpn": "ja", "kor": "ko", "yid": "yi",
+    "cym": "cy", "wel": "cy", "gle": "ga", "lat": "la", "hin": "hi", "fas": "fa", "per": "fa",
+}
+
+
+def whisper_language(code: str | None) -> str | None:
+    """A manifest language ("en", "en-GB", "eng", "DE") as a Whisper language code, or None.
+
+    Raises BadInputError naming the valid codes for one Whisper does not know:
+    the item's row is wrong, and retrying it cannot help.
+    """
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    from archivox.errors import BadInputError
+
+    if code is None or not str(code).strip():
+        return None
+    text = str(code).strip().lower().replace("_", "-")
+    if text in _LANGUAGE_CODES:
+        return text
+    base = text.split("-")[0]
+    base = _ISO639_2.get(base, base)
+    if base in _LANGUAGE_CODES:
+        return base
+    raise BadInputError(
+        f"language {code!r} is not one Whisper knows; use an ISO 639-1 code such as "
+        f"en, de, fr, es (valid: {', '.join(sorted(_LANGUAGE_CODES))})"
+    )
 
 
 @dataclass
@@ -435,11 +470,26 @@ def score(transcript: Transcript) -> float:
     return float(weights @ values / weights.sum())
 
 
-def choose(results: Mapping[str, Transcript]) -> Transcript:
-    """Keep the candidate with the best score; record every candidate's evidence on it."""
+def choose(results: Mapping[str, Transcript], agreement_weight: float = 0.5) -> Transcript:
+    """Keep the candidate with the best evidence; record every candidate's evidence on it.
+
+    Evidence = ``score`` (the transcript's own confidence) plus
+    ``agreement_weight`` x its mean word agreement with the other candidates:
+    with three or more candidates this leans towards the reading most of
+    them share (minimum-Bayes-risk selection), which protects against one
+    view's confident mistake; with two, agreement is symmetric and only the
+    scores decide.
+    """
     names = list(results)
     scores = {n: score(results[n]) for n in names}
-    best = max(names, key=lambda n: (scores[n], -names.index(n)))
+    agreement = {n: 1.0 for n in names}
+    if len(names) > 2:
+        texts = {n: results[n].text() for n in names}
+        agreement = {
+            n: float(np.mean([1.0 - min(1.0, word_distance(texts[n], texts[m])) for m in names if m != n])) for n in names
+        }
+    total = {n: scores[n] + agreement_weight * agreement[n] for n in names}
+    best = max(names, key=lambda n: (total[n], -names.index(n)))
     evidence: dict[str, Any] = {
         "scores": {n: round(scores[n], 4) for n in names},
         "candidates": {
@@ -459,6 +509,8 @@ def choose(results: Mapping[str, Transcript]) -> Transcript:
         evidence["agreement_with_chosen"] = {
             n: round(1.0 - min(1.0, word_distance(results[n].text(), results[best].text())), 4) for n in names if n != best
         }
+    if len(names) > 2:
+        evidence["mean_agreement"] = {n: round(agreement[n], 4) for n in names}
     chosen = results[best]
     chosen.candidate = best
     chosen.evidence = {**chosen.evidence, **evidence}

@@ -106,3 +106,14 @@ def test_corpus_read_speech_is_transcribed(corpus, tmp_path):
         errors.append(word_error_rate(tr.text(), row["transcript"]))
     # tiny.en reads this clear studio speech with a few name errors at most.
     assert float(np.mean(errors)) <= 0.2, errors
+
+
+def test_manifest_language_codes_are_normalised():
+    from archivox.errors import BadInputError
+    from archivox.tasks.transcribe import whisper_language
+
+    assert whisper_language("en-GB") == "en"
+    assert whisper_language("DEU") == "de" and whisper_language("ger") == "de"
+    assert whisper_language("") is None and whisper_language(None) is None
+    with pytest.raises(BadInputError, match="'klingon'.*ISO 639-1"):
+        whisper_language("klingon")

@@ -110,3 +110,17 @@ def test_item_without_denoise_stage_uses_restored(tmp_path):
     tr = transcribe_item({"restored": path}, TranscribeOptions(device="cpu"))
     assert tr.candidate == "restored"
     assert word_error_rate(tr.text(), TEXT) <= 0.3
+
+
+def test_three_candidates_lean_towards_the_shared_reading():
+    results = {
+        "mix": _t([_s(0, 3, "we walked down to the river", -0.40)]),
+        "pre_denoise": _t([_s(0, 3, "we walked down to the river", -0.45)]),
+        # The most confident, but alone in what it heard.
+        "restored": _t([_s(0, 3, "she walked town to a liver", -0.30)]),
+    }
+    chosen = choose(results)
+    assert chosen.candidate == "mix"
+    assert chosen.evidence["mean_agreement"]["restored"] < chosen.evidence["mean_agreement"]["mix"]
+    # Without the agreement term, confidence alone would have picked the odd one out.
+    assert choose({k: Transcript.from_dict(v.to_dict()) for k, v in results.items()}, agreement_weight=0.0).candidate == "restored"
