@@ -29,6 +29,7 @@ from archivox.catalog.store import Catalog, to_json, utc_now
 from archivox.config import RunOptions
 from archivox.errors import BadInputError
 from archivox.manifest import ManifestItem, read_manifest
+from archivox.flows.scaleout import ScaleOut, dask_placement, dispatch_gpu_batch, gpu_steps
 from archivox.tasks import pipeline
 
 
@@ -133,17 +134,20 @@ def archive_run(
     options: dict[str, Any] | None = None,
     force: bool = False,
     item_ids: list[str] | None = None,
+    scaleout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Restore and transcribe every item of ``manifest`` (paths relative to ``root``).
 
     ``options``: a :class:`RunOptions` as a dict. ``item_ids``: only these
-    items (a shard of a larger run). Returns the run's summary.
+    items (a shard of a larger run). ``scaleout``: a
+    :class:`~archivox.flows.scaleout.ScaleOut` as a dict (where the GPU steps
+    run; empty: in this process). Returns the run's summary.
     """
     run_options = RunOptions.from_dict(options)
-    return _run(manifest, root, out, catalog, run_options, force, item_ids)
+    return _run(manifest, root, out, catalog, run_options, force, item_ids, ScaleOut.from_dict(scaleout))
 
 
-def _run(manifest, root, out, catalog_dir, run_options: RunOptions, force, item_ids) -> dict[str, Any]:
+def _run(manifest, root, out, catalog_dir, run_options: RunOptions, force, item_ids, scale: ScaleOut | None = None) -> dict[str, Any]:
     from prefect.runtime import flow_run
 
     started = utc_now()
@@ -168,6 +172,10 @@ def _run(manifest, root, out, catalog_dir, run_options: RunOptions, force, item_
     probe_extract, restore, transcribe = steps(probe_extract_task), steps(restore_task), steps(transcribe_task)
     progress_id = create_progress_artifact(progress=0.0, description=f"archive run {run_id}: items done")
 
+    scale = scale or ScaleOut()
+    # Routed: the GPU steps of the whole batch go to the GPU pool in one flow
+    # run after the CPU steps; otherwise every step runs here.
+    on_gpu = set(gpu_steps(run_options)) if scale.routed else set()
     chains = {}
     for item in items:
         plan = pipeline.prepare(
@@ -184,19 +192,36 @@ def _run(manifest, root, out, catalog_dir, run_options: RunOptions, force, item_
             models=models_key,
             force=force,
         ).to_dict()
-        extracted = probe_extract.submit(plan, options_dict)
-        restored = restore.submit(extracted, options_dict)
-        transcribed = transcribe.submit(restored, options_dict)
-        chains[transcribed] = (plan, extracted, restored, transcribed)
+        futures = [probe_extract.submit(plan, options_dict)]
+        if "restore" not in on_gpu:
+            with dask_placement(scale, "restore", run_options):
+                futures.append(restore.submit(futures[-1], options_dict))
+        if not scale.routed:
+            with dask_placement(scale, "transcribe", run_options):
+                futures.append(transcribe.submit(futures[-1], options_dict))
+        chains[futures[-1]] = (plan, futures)
 
     rows = []
-    for done in as_completed(list(chains)):
-        plan, extracted, restored, transcribed = chains[done]
-        failure = _first_failure(extracted, restored, transcribed)
-        outcome = transcribed.result() if failure is None else None
-        error, error_kind = failure or ("", "")
+
+    def record(plan, outcome, error="", error_kind=""):
         rows.append(record_task(plan, outcome, error, error_kind, str(catalog.root), config_hash, models_key))
         update_progress_artifact(progress_id, progress=100.0 * len(rows) / max(len(items), 1))
+
+    for_gpu = []
+    for done in as_completed(list(chains)):
+        plan, futures = chains[done]
+        failure = _first_failure(*futures)
+        outcome = done.result() if failure is None else None
+        if outcome is not None and on_gpu and outcome.get("extracted"):
+            for_gpu.append((plan, outcome))
+            continue
+        if outcome is not None:
+            outcome.setdefault("transcript_path", "")
+        record(plan, outcome, *(failure or ("", "")))
+    if for_gpu:
+        results = dispatch_gpu_batch([state for _, state in for_gpu], run_options, scale)
+        for (plan, _), (outcome, error, error_kind) in zip(for_gpu, results):
+            record(plan, outcome if not error else None, error, error_kind)
     if not items:
         update_progress_artifact(progress_id, progress=100.0)
 
@@ -248,12 +273,16 @@ def task_runner_for(options: RunOptions) -> ThreadPoolTaskRunner:
     return ThreadPoolTaskRunner(max_workers=options.max_workers)
 
 
-def run_archive(manifest, root, out, catalog, options: RunOptions | None = None, force: bool = False, item_ids=None) -> dict[str, Any]:
-    """Run the flow in this process with a bounded thread pool (the embedded default)."""
+def run_archive(
+    manifest, root, out, catalog, options: RunOptions | None = None, force: bool = False, item_ids=None,
+    scaleout: ScaleOut | None = None, task_runner=None,
+) -> dict[str, Any]:
+    """Run the flow in this process; a bounded thread pool unless ``task_runner`` is given (e.g. Dask)."""
     options = options or RunOptions()
-    bounded = archive_run.with_options(task_runner=task_runner_for(options))
+    bounded = archive_run.with_options(task_runner=task_runner or task_runner_for(options))
     return bounded(
         manifest=str(manifest), root=str(root), out=str(out), catalog=str(catalog),
         options=options.to_dict(), force=force, item_ids=item_ids,
+        scaleout=scaleout.to_dict() if scaleout else None,
     )
 
