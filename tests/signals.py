@@ -128,3 +128,44 @@ def tone_prominence_db(audio: np.ndarray, rate_hz: int, freq_hz: float, resoluti
     line = power[np.argmin(np.abs(freqs - freq_hz))]
     around = power[(np.abs(freqs - freq_hz) > 3 * resolution_hz) & (np.abs(freqs - freq_hz) < 10 + 3 * resolution_hz)]
     return float(10 * np.log10((line + 1e-30) / (np.median(around) + 1e-30)))
+
+
+ARCHIVE_SENTENCES = (
+    "the committee met on tuesday to discuss the harbour",
+    "my grandmother worked at the mill for forty years",
+    "we walked to school along the river every morning",
+    "the bakery on the corner opened before dawn",
+    "after the war the village built a new church",
+    "the train to the city left at seven o'clock",
+    "in winter the lake froze and we skated for hours",
+    "my father repaired radios in the back room",
+)
+
+
+def speech_archive(dest: Path, n_items: int, seed: int = 0, noise_db: float = -45.0,
+                   repeats: int = 1, rate_hz: int = 16_000) -> Path:
+    """A folder of ``n_items`` synthetic speech WAVs (mono, ``rate_hz``) plus ``manifest.csv``; returns the manifest.
+
+    Item ``i`` speaks sentence ``i`` (cycled) ``repeats`` times over white
+    noise at ``noise_db`` dBFS, so items differ in content and bytes. Item ids
+    are ``item-000``... and files ``tape-000.wav``...
+    """
+    import csv
+
+    import soundfile as sf
+
+    from archivox.tts import synthesize
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest / "manifest.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "item_id", "collection", "language"])
+        for i in range(n_items):
+            text = ". ".join([ARCHIVE_SENTENCES[i % len(ARCHIVE_SENTENCES)]] * repeats)
+            voice = synthesize(text, "en", rate_hz=rate_hz, seed=seed + i)
+            audio = 0.3 * voice / (np.max(np.abs(voice)) + 1e-9)
+            audio = audio + white_noise(len(audio) / rate_hz, noise_db, seed=seed + i, rate_hz=rate_hz)[0, : len(audio)]
+            sf.write(dest / f"tape-{i:03d}.wav", audio.astype(np.float32), rate_hz, subtype="PCM_16")
+            writer.writerow([f"tape-{i:03d}.wav", f"item-{i:03d}", "oral-history", "en"])
+    return dest / "manifest.csv"
