@@ -43,6 +43,9 @@ class Denoise(Stage):
         check_range("attenuation_limit_db", self.attenuation_limit_db, 1.0, 100.0)
         check_range("wet_mix", self.wet_mix, 0.0, 1.0)
         check_range("dnsmos_max_windows", self.dnsmos_max_windows, 1, 10_000)
+        request = self._device_request
+        if not (request in ("auto", "cpu") or request == "cuda" or request.startswith("cuda:")):
+            raise ConfigError(f"device={request!r} is not supported; valid devices are 'auto', 'cpu', 'cuda', 'cuda:N'")
 
     def detect(self, audio: np.ndarray, sample_rate_hz: int) -> dict[str, Any]:
         if not self.dnsmos or audio.shape[1] == 0:
