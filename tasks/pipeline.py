@@ -308,11 +308,11 @@ def record(
     passed in ``error`` (see :func:`describe_error`) and recorded; the original is re-hashed in every case
     where it was hashed before, so a run can prove it left originals alone.
     """
-    status, error_text, error_kind = "ok", plan.error, plan.error_kind
+    status, error_text, kind = "ok", plan.error, plan.error_kind
     if plan.skip_reason:
         status = "skipped"
     if error and not error_text:
-        error_text, error_kind = error, error_kind or "transient"
+        error_text, kind = error, error_kind or "transient"
     if plan.sha256 and plan.source_path:
         try:
             after = sha256_file(Path(plan.source_path))
@@ -322,7 +322,7 @@ def record(
             mismatch = FixityError(
                 f"{plan.rel_path}: the original changed during processing (SHA-256 {plan.sha256[:12]}... before, {after[:12]}... after)"
             )
-            error_text, error_kind = (f"{error_text}; {mismatch}" if error_text else str(mismatch)), "fixity"
+            error_text, kind = (f"{error_text}; {mismatch}" if error_text else str(mismatch)), "fixity"
     if error_text:
         status = "failed"
 
@@ -360,7 +360,7 @@ def record(
         "duration_s": plan.media.get("duration_s"),
         "status": status,
         "error": error_text,
-        "error_kind": error_kind,
+        "error_kind": kind,
         "restored_path": plan.restored_path if status != "failed" else "",
         "transcript_path": transcript_path if status == "ok" else "",
         "residual_path": (restored or {}).get("residual_path", ""),
