@@ -201,6 +201,19 @@ def test_deployment_carries_the_nightly_schedule(api):
         assert client.read_work_pool(POOL).type == "process"
 
 
+def test_kubernetes_gpu_job_template_is_accepted_by_the_server(api):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    template = json.loads((REPO_ROOT / "deploy" / "k8s-gpu-job-template.json").read_text())
+    with get_client(sync_client=True) as client:
+        # The server refuses a template whose placeholders have no variable.
+        pool = client.create_work_pool(WorkPoolCreate(name="archivox-gpu-k8s", type="kubernetes", base_job_template=template))
+    container = pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+    assert pool.base_job_template["variables"]["properties"]["gpu_count"]["default"] == 1
+
+
 def test_nightly_run_processes_every_item_once_on_both_workers(api, first_night):
     from archivox.catalog.store import Catalog
 
