@@ -49,12 +49,46 @@ def _typical_peak(values: np.ndarray, rate_hz: int) -> np.ndarray:
     return np.repeat(typical, hop)[:n] + 1e-15
 
 
+def _pitch_compensated(values: np.ndarray, rate_hz: int, block: int) -> np.ndarray:
+    """|values| with the voiced pitch-pulse train taken out. (n,) -> (n,).
+
+    Voiced speech leaves one peak per glottal pulse in the prediction error;
+    each is predictable from the pulse one period earlier (or later), while a
+    click is not. Per block, the period T and gain b come from the error's own
+    autocorrelation; the result is the smaller of |v(t) - b v(t-T+j)| and
+    |v(t) - b v(t+T+j)| over a +-2 sample jitter j, so that a click neither
+    cancels nor leaves a ghost one period later.
+    """
+    n = values.size
+    blocks = -(-n // block)
+    low, high = int(rate_hz / 400), int(rate_hz / 60)
+    span = 1 << int(np.ceil(np.log2(2 * block + high)))
+    padded = np.pad(values, (span // 2, span))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, span)[::block][:blocks] * np.hanning(span)
+    spectrum = np.abs(np.fft.rfft(frames, n=2 * span, axis=1)) ** 2
+    acf = np.fft.irfft(spectrum, axis=1)[:, : high + 1]
+    lag = low + np.argmax(acf[:, low : high + 1], axis=1)
+    gain = np.clip(acf[np.arange(blocks), lag] / (acf[:, 0] + 1e-30), 0.0, 1.0)
+    gain[gain < 0.3] = 0.0  # unvoiced: nothing periodic to take out
+    lag_t = np.repeat(lag, block)[:n]
+    gain_t = np.repeat(gain, block)[:n]
+    t = np.arange(n)
+    best_back = np.full(n, np.inf)
+    best_ahead = np.full(n, np.inf)
+    for j in range(-2, 3):
+        back = np.clip(t - lag_t + j, 0, n - 1)
+        ahead = np.clip(t + lag_t + j, 0, n - 1)
+        best_back = np.minimum(best_back, np.abs(values - gain_t * values[back]))
+        best_ahead = np.minimum(best_ahead, np.abs(values - gain_t * values[ahead]))
+    return np.minimum(best_back, best_ahead)
+
+
 def find_clicks(
     x: np.ndarray,
     rate_hz: int,
     order: int = 32,
-    threshold_db: float = 30.0,
-    peak_ratio_db: float = 12.0,
+    threshold_db: float = 34.0,
+    peak_ratio_db: float = 6.0,
     min_relative_db: float = -10.0,
     max_click_ms: float = 3.0,
     coefs: np.ndarray | None = None,
@@ -76,7 +110,7 @@ def find_clicks(
         coefs = block_ar(x, p, block)
     error = prediction_error(x, coefs, block)
     error[:p] = 0.0  # the predictor has no past there
-    matched = np.abs(matched_error(error, coefs, block))
+    matched = _pitch_compensated(matched_error(error, coefs, block), rate_hz, block)
     local_rms = np.sqrt(ndimage.uniform_filter1d(x * x, int(_PEAK_HOP_S * rate_hz) | 1) + 1e-20)
     big_error = ndimage.maximum_filter1d(np.abs(error), 7) >= local_rms * 10 ** (min_relative_db / 20)
     gate = np.maximum(
@@ -130,8 +164,8 @@ class Declick(Stage):
     """
 
     name = "declick"
-    threshold_db: float = 30.0
-    peak_ratio_db: float = 12.0
+    threshold_db: float = 34.0
+    peak_ratio_db: float = 6.0
     min_relative_db: float = -10.0
     order: int = 32
     max_click_ms: float = 3.0
