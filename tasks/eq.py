@@ -23,7 +23,7 @@ _RUMBLE_THRESHOLD_DB = -40.0
 # The shelf band's spectral density must be within this of the speech core's
 # (0.5-4 kHz) for a boost to make sense: raising an empty band (a 16 kHz
 # source at 48 kHz) only raises the resampler's noise.
-_AIR_THRESHOLD_DB = -60.0
+_AIR_THRESHOLD_DB = -50.0
 
 
 def high_shelf_sos(freq_hz: float, gain_db: float, sample_rate_hz: int, slope: float = 1.0) -> np.ndarray:
