@@ -143,7 +143,7 @@ def find_hum(
     salience = votes.sum(axis=2)
     # The global fundamental is the candidate whose comb is most persistent;
     # the median over frames ignores syllables that briefly line up with it.
-    in_range = (candidates >= min_hz) & (candidates <= max_hz)
+    in_range = (candidates >= min_hz - _CANDIDATE_STEP_HZ / 2) & (candidates <= max_hz + _CANDIDATE_STEP_HZ / 2)
     persistent = np.median(salience, axis=0)
     persistent[~in_range] = -np.inf
     f0 = float(candidates[int(np.argmax(persistent))])
