@@ -111,7 +111,7 @@ def find_clicks(
     error = prediction_error(x, coefs, block)
     error[:p] = 0.0  # the predictor has no past there
     matched = _pitch_compensated(matched_error(error, coefs, block), rate_hz, block)
-    local_rms = np.sqrt(ndimage.uniform_filter1d(x * x, int(_PEAK_HOP_S * rate_hz) | 1) + 1e-20)
+    local_rms = np.sqrt(np.maximum(ndimage.uniform_filter1d(x * x, int(_PEAK_HOP_S * rate_hz) | 1), 0) + 1e-20)
     big_error = ndimage.maximum_filter1d(np.abs(error), 7) >= local_rms * 10 ** (min_relative_db / 20)
     gate = np.maximum(
         _robust_level(matched, block) * 10 ** (threshold_db / 20),
