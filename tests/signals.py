@@ -169,3 +169,48 @@ def speech_archive(dest: Path, n_items: int, seed: int = 0, noise_db: float = -4
             sf.write(dest / f"tape-{i:03d}.wav", audio.astype(np.float32), rate_hz, subtype="PCM_16")
             writer.writerow([f"tape-{i:03d}.wav", f"item-{i:03d}", "oral-history", "en"])
     return dest / "manifest.csv"
+
+
+def load_speech(path: Path | str, rate_hz: int = RATE_HZ) -> np.ndarray:
+    """A corpus file as mono float32 (1, samples) at ``rate_hz`` (polyphase resampling)."""
+    import soundfile
+    from scipy import signal as _signal
+
+    data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+    mono = data.mean(axis=1)
+    g = np.gcd(int(rate), int(rate_hz))
+    return _signal.resample_poly(mono, rate_hz // g, int(rate) // g).astype(np.float32)[None, :]
+
+
+def clip_to_fraction(audio: np.ndarray, fraction: float) -> np.ndarray:
+    """Hard-clip symmetrically at the level that ``fraction`` of the samples exceed."""
+    level = float(np.quantile(np.abs(audio), 1.0 - fraction))
+    return np.clip(audio, -level, level).astype(np.float32)
+
+
+def event_f1(found: np.ndarray, truth: np.ndarray, tolerance: int) -> tuple[float, float, float]:
+    """(F1, precision, recall) of event positions, each true event matched to at most one found within ``tolerance``."""
+    found = np.sort(np.asarray(found, dtype=np.int64))
+    used = np.zeros(found.size, dtype=bool)
+    hits = 0
+    for t in np.asarray(truth, dtype=np.int64):
+        if found.size == 0:
+            break
+        distance = np.abs(found - t).astype(float)
+        distance[used] = np.inf
+        j = int(np.argmin(distance))
+        if distance[j] <= tolerance:
+            used[j] = True
+            hits += 1
+    precision = hits / max(found.size, 1)
+    recall = hits / max(len(truth), 1)
+    return 2 * precision * recall / max(precision + recall, 1e-12), precision, recall
+
+
+def hum_line_db(audio: np.ndarray, fundamental_hz: float, harmonic: int, drift_hz: float = 0.0,
+                rate_hz: int = RATE_HZ) -> float:
+    """Level (dB) of one harmonic of a ``hum()`` tone, by coherent projection along hum()'s own phase track."""
+    x = np.asarray(audio, dtype=np.float64).reshape(-1)
+    t = np.arange(x.size) / rate_hz
+    phase = 2 * np.pi * np.cumsum(fundamental_hz + drift_hz * np.sin(2 * np.pi * 0.1 * t)) / rate_hz
+    return float(20 * np.log10(2 * np.abs(np.mean(x * np.exp(-1j * harmonic * phase))) + 1e-20))
