@@ -73,7 +73,10 @@ class TranscribeOptions:
     fallback_model: str = "base"
     # Which audio the transcript is decoded from; see the module docstring.
     asr_input: str = "auto"
-    candidates: tuple[str, ...] = ("mix", "pre_denoise")
+    # Measured by bench/transcribe.py: deciding between the mix and the
+    # restored audio beat either alone and beat any set that includes the
+    # DSP-only view (whose confident misreadings in noise win too often).
+    candidates: tuple[str, ...] = ("mix", "restored")
     # Share (0-1, in amplitude) of the pre-denoise audio in the "mix" view.
     mix_fraction: float = 0.3
     # Language detection: windows of this length are checked separately on
@@ -427,8 +430,16 @@ def _run_whisper(handle, audio: np.ndarray, options: TranscribeOptions, language
         segments_iter, _ = BatchedInferencePipeline(handle.model).transcribe(
             audio, batch_size=batch, **{**common, "vad_filter": True}
         )
-    else:
-        segments_iter, _ = handle.model.transcribe(audio, **common)
+        segments = _convert(segments_iter)
+        # The batched pipeline can drop whole stretches of speech when word
+        # timestamps are on (faster-whisper issues #1179, #1427); decode any
+        # VAD speech it left uncovered the sequential way.
+        return _fill_uncovered(handle, audio, segments, common)
+    segments_iter, _ = handle.model.transcribe(audio, **common)
+    return _convert(segments_iter)
+
+
+def _convert(segments_iter) -> list[Segment]:
     return [
         Segment(
             index=i,
@@ -442,6 +453,28 @@ def _run_whisper(handle, audio: np.ndarray, options: TranscribeOptions, language
         )
         for i, s in enumerate(segments_iter)
     ]
+
+
+def _fill_uncovered(handle, audio: np.ndarray, segments: list[Segment], common: dict) -> list[Segment]:
+    """Decode sequentially each VAD speech stretch (> 1 s) that no segment covers by half; merge by time."""
+    from archivox.tasks.hallucination import speech_regions
+
+    spans = [(s.start_s, s.end_s) for s in segments]
+    added: list[Segment] = []
+    for start, end in speech_regions(audio):
+        covered = sum(max(0.0, min(end, e) - max(start, s)) for s, e in spans)
+        if end - start < 1.0 or covered >= 0.5 * (end - start):
+            continue
+        piece = audio[int(start * WHISPER_RATE_HZ) : int(end * WHISPER_RATE_HZ)]
+        segments_iter, _ = handle.model.transcribe(piece, **{**common, "vad_filter": False})
+        for seg in _convert(segments_iter):
+            seg.start_s += start
+            seg.end_s += start
+            for w in seg.words:
+                w.start_s += start
+                w.end_s += start
+            added.append(seg)
+    return sorted(segments + added, key=lambda s: s.start_s) if added else segments
 
 
 def _batch_size(handle, options: TranscribeOptions) -> int:
