@@ -117,3 +117,18 @@ def test_manifest_language_codes_are_normalised():
     assert whisper_language("") is None and whisper_language(None) is None
     with pytest.raises(BadInputError, match="'klingon'.*ISO 639-1"):
         whisper_language("klingon")
+
+
+def test_batched_decoding_and_its_safety_net(tmp_path):
+    from archivox.tasks.transcribe import _fill_uncovered
+
+    speech = _tts(SENTENCE, rate_hz=16_000)
+    audio = np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(8000, np.float32)]).astype(np.float32)
+    batched = transcribe_item({"restored": _write(tmp_path / "b.wav", audio[None, :], 16_000)},
+                              TranscribeOptions(device="cpu", batch_size=4))
+    assert word_error_rate(batched.text(), SENTENCE) <= 0.25, batched.text()
+    # Speech the batched pipeline returned nothing for is decoded again, at its own time.
+    handle = load_whisper("tiny.en", device="cpu")
+    filled = _fill_uncovered(handle, audio, [], dict(language="en", beam_size=5, word_timestamps=True))
+    assert word_error_rate(" ".join(s.text for s in filled), SENTENCE) <= 0.25
+    assert filled[0].start_s == pytest.approx(0.5, abs=0.4)
