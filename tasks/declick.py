@@ -24,6 +24,7 @@ from archivox.tasks.chain import WORKING_RATE_HZ, Stage, StageOutput, check_rang
 _BLOCK_S = 0.02
 _PEAK_HOP_S = 0.01
 _PEAK_CONTEXT_S = 0.1  # each side
+_CORE_DB = 12.0  # forward and backward error both this far over their level: a corrupted sample
 _LOOSE_DB = 12.0  # how much more lenient the search that refits the models is
 
 
@@ -120,19 +121,40 @@ def find_clicks(
     hits = np.flatnonzero((matched > gate) & big_error)
     if hits.size == 0:
         return []
-    # Group hits closer than half the predictor order (one wide click lights
-    # up several neighbouring samples) and pad each group by a few samples.
+    # Group hits closer than half the predictor order (one click lights up
+    # the matched error for p samples around it), then narrow each group to
+    # the samples the click itself corrupted: there both the forward and the
+    # backward prediction errors are large, while the forward error's tail
+    # after a click and the backward error's tail before it are not both.
+    backward = _backward_error(x, coefs, block)
+    level = _robust_level(error, block)
+    core = np.minimum(np.abs(error), np.abs(backward)) > level * 10 ** (_CORE_DB / 20)
     breaks = np.flatnonzero(np.diff(hits) > p // 2) + 1
     regions = []
-    pad = max(2, p // 16)
+    pad = 2
     longest = int(max_click_ms * 1e-3 * rate_hz)
     for group in np.split(hits, breaks):
-        start, stop = int(group[0]) - pad, int(group[-1]) + 1 + pad
+        lo, hi = max(0, int(group[0]) - p), min(n, int(group[-1]) + p + 1)
+        inside = np.flatnonzero(core[lo:hi])
+        if inside.size:
+            start, stop = lo + int(inside[0]) - pad, lo + int(inside[-1]) + 1 + pad
+        else:
+            start, stop = int(group[0]) - pad, int(group[-1]) + 1 + pad
         if stop - start > longest:
             # A long burst is not a click (a plosive, a door); leave it be.
             continue
         regions.append((max(start, p), min(stop, n - p)))
-    return [(s, e) for s, e in regions if e > s]
+    return [(s, e) for s, e in _merge(regions) if e > s]
+
+
+def _backward_error(x: np.ndarray, coefs: np.ndarray, block: int) -> np.ndarray:
+    """Prediction error of x (n,) run backwards in time with the same models (autocorrelation
+    models predict as well backwards as forwards)."""
+    n = x.size
+    blocks = coefs.shape[0]
+    pad = blocks * block - n
+    reversed_x = np.concatenate([np.zeros(pad), x[::-1]])
+    return prediction_error(reversed_x, coefs[::-1], block)[pad:][::-1]
 
 
 def fill_regions(x: np.ndarray, regions: list[tuple[int, int]], coefs: np.ndarray, block: int) -> np.ndarray:
