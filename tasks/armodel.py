@@ -6,6 +6,7 @@ Signals are float64 1-D arrays here; stages loop over channels.
 from __future__ import annotations
 
 import numpy as np
+from scipy import fft as sp_fft
 from scipy import linalg
 
 from archivox.tasks.chain import StageOutput
@@ -35,8 +36,8 @@ def block_ar(x: np.ndarray, order: int, block: int) -> np.ndarray:
     padded = np.pad(x, (block // 2, span))
     frames = np.lib.stride_tricks.sliding_window_view(padded, span)[::block][:blocks] * np.hanning(span)
     nfft = 1 << int(np.ceil(np.log2(2 * span)))
-    spectrum = np.abs(np.fft.rfft(frames, n=nfft, axis=1)) ** 2
-    acf = np.fft.irfft(spectrum, n=nfft, axis=1)[:, : order + 1]
+    spectrum = np.abs(sp_fft.rfft(frames, n=nfft, axis=1)) ** 2
+    acf = sp_fft.irfft(spectrum, n=nfft, axis=1)[:, : order + 1]
     acf[:, 0] = acf[:, 0] * (1 + 1e-4) + 1e-12
     coefs = np.zeros((blocks, order))
     for b in range(blocks):
@@ -51,11 +52,13 @@ def prediction_error(x: np.ndarray, coefs: np.ndarray, block: int) -> np.ndarray
     """Forward prediction error with each block's own predictor. x: (n,), coefs: (blocks, order) -> (n,)."""
     order = coefs.shape[1]
     n = x.size
-    padded = np.concatenate([np.zeros(order), x])
-    # past[t] = [x[t-1], x[t-2], ..., x[t-order]]
-    past = np.lib.stride_tricks.sliding_window_view(padded, order)[:n, ::-1]
-    per_sample = np.repeat(coefs, block, axis=0)[:n]
-    return x - np.einsum("ij,ij->i", past, per_sample)
+    blocks = coefs.shape[0]
+    total = blocks * block
+    padded = np.concatenate([np.zeros(order), x, np.zeros(max(0, total - n))])
+    # past[t] = [x[t-1], x[t-2], ..., x[t-order]], grouped by block.
+    past = np.lib.stride_tricks.sliding_window_view(padded, order)[:total, ::-1].reshape(blocks, block, order)
+    prediction = np.einsum("bto,bo->bt", past, coefs).reshape(-1)[:n]
+    return x - prediction
 
 
 def _residual_matrix(a: np.ndarray, length: int) -> np.ndarray:
@@ -100,6 +103,9 @@ def matched_error(error: np.ndarray, coefs: np.ndarray, block: int) -> np.ndarra
     """
     order = coefs.shape[1]
     n = error.size
-    taps = np.concatenate([np.ones((coefs.shape[0], 1)), -coefs], axis=1)  # (blocks, p+1)
-    future = np.lib.stride_tricks.sliding_window_view(np.concatenate([error, np.zeros(order)]), order + 1)[:n]
-    return np.einsum("ij,ij->i", future, np.repeat(taps, block, axis=0)[:n])
+    blocks = coefs.shape[0]
+    total = blocks * block
+    taps = np.concatenate([np.ones((blocks, 1)), -coefs], axis=1)  # (blocks, p+1)
+    padded = np.concatenate([error, np.zeros(order + max(0, total - n))])
+    future = np.lib.stride_tricks.sliding_window_view(padded, order + 1)[:total].reshape(blocks, block, order + 1)
+    return np.einsum("bto,bo->bt", future, taps).reshape(-1)[:n]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+from scipy import fft as sp_fft
 from scipy import ndimage
 
 from archivox.tasks.armodel import block_ar, lsar_fill, matched_error, prediction_error, without_private
@@ -63,11 +64,11 @@ def _pitch_compensated(values: np.ndarray, rate_hz: int, block: int) -> np.ndarr
     n = values.size
     blocks = -(-n // block)
     low, high = int(rate_hz / 400), int(rate_hz / 60)
-    span = 1 << int(np.ceil(np.log2(2 * block + high)))
+    span = 1 << int(np.ceil(np.log2(2.5 * high)))  # long enough for two of the longest periods
     padded = np.pad(values, (span // 2, span))
     frames = np.lib.stride_tricks.sliding_window_view(padded, span)[::block][:blocks] * np.hanning(span)
-    spectrum = np.abs(np.fft.rfft(frames, n=2 * span, axis=1)) ** 2
-    acf = np.fft.irfft(spectrum, axis=1)[:, : high + 1]
+    spectrum = np.abs(sp_fft.rfft(frames.astype(np.float32), n=2 * span, axis=1)) ** 2
+    acf = sp_fft.irfft(spectrum, axis=1)[:, : high + 1].astype(np.float64)
     lag = low + np.argmax(acf[:, low : high + 1], axis=1)
     gain = np.clip(acf[np.arange(blocks), lag] / (acf[:, 0] + 1e-30), 0.0, 1.0)
     gain[gain < 0.3] = 0.0  # unvoiced: nothing periodic to take out

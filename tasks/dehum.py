@@ -285,8 +285,9 @@ class Dehum(Stage):
 
     ``fundamental_hz`` = 0 searches the range; a value pins the search to
     +-``max_drift_hz`` around it. ``harmonics`` = 0 removes every harmonic
-    that stands ``harmonic_threshold_db`` above the floor (up to 1.5 kHz);
-    a value removes harmonics 1..harmonics. Nothing is removed unless some
+    that stands ``harmonic_threshold_db`` above the floor (up to 1.5 kHz),
+    and always harmonics 1..``min_harmonics``; a value removes harmonics
+    1..harmonics. Nothing is removed unless some
     line stands ``threshold_db`` above its local floor in most frames.
     """
 
@@ -300,6 +301,7 @@ class Dehum(Stage):
     threshold_db: float = 12.0
     harmonic_threshold_db: float = 8.0
     min_level_db: float = -40.0
+    min_harmonics: int = 6
 
     def __post_init__(self) -> None:
         if self.fundamental_hz != 0.0:
@@ -312,6 +314,7 @@ class Dehum(Stage):
         check_range("threshold_db", self.threshold_db, 3.0, 60.0)
         check_range("harmonic_threshold_db", self.harmonic_threshold_db, 3.0, 60.0)
         check_range("min_level_db", self.min_level_db, -80.0, 0.0)
+        check_range("min_harmonics", self.min_harmonics, 1, 30)
 
     def analyse(self, audio: np.ndarray, sample_rate_hz: int) -> HumAnalysis:
         low, high = self.min_hz, self.max_hz
@@ -341,7 +344,13 @@ class Dehum(Stage):
         analysis: HumAnalysis = findings["_analysis"]
         if not analysis.found or audio.shape[1] == 0:
             return StageOutput(audio, {"changed": False})
-        harmonics = list(range(1, self.harmonics + 1)) if self.harmonics else analysis.harmonics
+        if self.harmonics:
+            harmonics = list(range(1, self.harmonics + 1))
+        else:
+            # Mains hum always has its low harmonics; speech can hide the
+            # weaker ones from detection, and a 2 x bandwidth_hz notch where
+            # a line is missing costs next to nothing.
+            harmonics = sorted(set(analysis.harmonics) | set(range(1, self.min_harmonics + 1)))
         nyquist_safe = [k for k in harmonics if k * analysis.fundamental_hz < 0.45 * sample_rate_hz]
         cleaned, hum = remove_hum(audio, sample_rate_hz, analysis, nyquist_safe, self.bandwidth_hz)
         removed_db = 10 * np.log10(np.mean(hum.astype(np.float64) ** 2) + 1e-30)

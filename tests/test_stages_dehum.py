@@ -24,7 +24,7 @@ def _line_drops(programme: np.ndarray, fundamental_hz: float, drift_hz: float) -
     t = np.arange(programme.shape[1]) / RATE_HZ
     mean_hz = fundamental_hz + drift_hz * np.mean(np.sin(2 * np.pi * 0.1 * t))
     assert abs(analysis.fundamental_hz - mean_hz) < 0.5
-    harmonics = analysis.harmonics
+    harmonics = sorted(set(analysis.harmonics) | set(range(1, stage.min_harmonics + 1)))  # as Dehum.repair
     # For a fixed analysis the filter is linear: run hum and programme through
     # it separately to see what it does to each.
     hum_left, _ = remove_hum(planted, RATE_HZ, analysis, harmonics, stage.bandwidth_hz)
