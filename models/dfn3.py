@@ -32,11 +32,8 @@ processed in one piece up to float rounding, while memory is bounded by
 independent chunks would not do: DFN3's GRUs remember for many seconds, and
 even 3 s of warm-up leaves gain differences of 0.3 at a chunk start.
 
-One deliberate difference from the runtime: after more than five hops of
-digital silence (RMS < 1e-7) the runtime stops analysing and freezes all its
-state until the signal returns, an optimisation for live streams; this port
-keeps running through silence. Output during the silence is zero in both,
-but for a few seconds after a long digital-silence gap the two can differ.
+Digital silence needs no special case: the shipped runtime processes it like
+any other input (tests/test_denoise.py checks parity across a 2 s gap).
 
 Shapes: ``B`` batch (streams: channels or items), ``T`` frames,
 ``F = 481`` bins, ``E = 32`` ERB bands, ``D = 96`` DF bins.

@@ -181,6 +181,18 @@ def test_silence_stays_silent(denoiser):
     assert np.all(np.isfinite(out.lsnr_db))
 
 
+def test_parity_across_a_digital_silence_gap(net):
+    _, a = noisy_speech(1.0, seed=20)
+    _, b = noisy_speech(1.0, seed=21)
+    x = np.concatenate([a, np.zeros(2 * RATE_HZ, np.float32), b])
+    out = engine(net, chunk_frames=120).enhance(x).audio[0]
+    ref = denoise_reference(x).audio
+    gap = slice(a.size + RATE_HZ // 10, a.size + 2 * RATE_HZ - RATE_HZ // 10)  # the DF reaches 2 frames ahead
+    assert np.abs(out[gap]).max() < 1e-6
+    tail = slice(a.size + 2 * RATE_HZ, None)
+    assert si_sdr_db(out[tail], ref[tail]) >= PARITY_DB
+
+
 def test_full_scale_noise(net):
     noise = np.random.default_rng(12).uniform(-1.0, 1.0, RATE_HZ).astype(np.float32)
     out = engine(net).enhance(noise).audio[0]
