@@ -135,12 +135,15 @@ def find_clicks(
     pad = 2
     longest = int(max_click_ms * 1e-3 * rate_hz)
     for group in np.split(hits, breaks):
-        lo, hi = max(0, int(group[0]) - p), min(n, int(group[-1]) + p + 1)
+        # The corrupted samples sit around the matched error's peak; a voiced
+        # pulse further off can light up ``core`` too, so look only near it.
+        peak = int(group[np.argmax(matched[group])])
+        lo, hi = max(0, peak - p // 2), min(n, peak + p // 2 + 1)
         inside = np.flatnonzero(core[lo:hi])
         if inside.size:
             start, stop = lo + int(inside[0]) - pad, lo + int(inside[-1]) + 1 + pad
         else:
-            start, stop = int(group[0]) - pad, int(group[-1]) + 1 + pad
+            start, stop = peak - 2 * pad, peak + 1 + 2 * pad
         if stop - start > longest:
             # A long burst is not a click (a plosive, a door); leave it be.
             continue
