@@ -134,8 +134,8 @@ def cmd_restore(args) -> int:
     )
     options = RunOptions(restore=restore, device=args.device, transcribe_enabled=False)
     audio, rate_hz = _decode_input(source, args.channel_policy)
-    _, params = plan_stages(audio, rate_hz, options)
-    chain = build_chain(restore.resolved_stages(), params, device=args.device)
+    _, names, params = plan_stages(audio, rate_hz, options)
+    chain = build_chain(names, params, device=args.device)
     result = chain(audio, rate_hz)
     (write_wav if destination.suffix.lower() == ".wav" else write_flac)(destination, result.audio, rate_hz)
     table = Table(title=f"{source} -> {destination}")
@@ -234,7 +234,8 @@ def cmd_diagnose(args) -> int:
 
 def _add_restore_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", help="comma-separated stages, in any order (run in chain order): "
-                        "dc,declick,dehum,declip,denoise,eq,loudness (default: all)")
+                        "declip,dc,declick,dehum,denoise,eq,loudness (default: all, those the "
+                        "auto preset finds a defect for)")
     parser.add_argument("--preset", default="auto", help="auto (from each item's diagnosis), speech, music-safe, gentle")
     parser.add_argument("--set", action="append", metavar="STAGE.PARAM=VALUE",
                         help="override one stage parameter, e.g. loudness.target_lufs=-23 (repeatable)")

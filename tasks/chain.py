@@ -25,11 +25,13 @@ from archivox.errors import ConfigError
 
 WORKING_RATE_HZ = 48_000
 
-# The public order of the stage names. Users pass these to
-# ``archivox restore --stages``; scripts read them back from ``stages/``.
-# Clicks come before hum and hum before broadband noise because each later
-# stage estimates its own target from what the earlier ones leave behind.
-STAGE_ORDER: tuple[str, ...] = ("dc", "declick", "dehum", "declip", "denoise", "eq", "loudness")
+# The stage names are a public contract: users pass them to
+# ``archivox restore --stages`` and scripts read them back from ``stages/``.
+# This is also the order they run in. Clicks come before hum and hum before
+# broadband noise because each later stage estimates its own target from what
+# the earlier ones leave behind. Declip runs first: the flat tops it looks
+# for are reshaped by any filter (DC high-pass, dehum notches) run before it.
+STAGE_ORDER: tuple[str, ...] = ("declip", "dc", "declick", "dehum", "denoise", "eq", "loudness")
 
 # name -> "module:attribute". Lazy so that the torch denoiser is imported
 # only when a chain actually uses it.
@@ -86,7 +88,10 @@ class Stage:
         audio = as_channels_first(audio)
         findings = self.detect(audio, sample_rate_hz)
         out = self.repair(audio, sample_rate_hz, findings)
-        metrics = {**{f"found_{k}": v for k, v in findings.items()}, **out.metrics}
+        # Findings whose key starts with "_" are working data handed from
+        # detect to repair (arrays, analysis objects), not catalog metrics.
+        public = {f"found_{k}": v for k, v in findings.items() if not k.startswith("_")}
+        metrics = {**public, **{k: v for k, v in out.metrics.items() if not k.startswith("_")}}
         return StageOutput(as_channels_first(out.audio).astype(np.float32, copy=False), metrics)
 
 
@@ -122,6 +127,8 @@ class StageRecord:
 class ChainResult:
     audio: np.ndarray
     records: list[StageRecord]
+    # The audio as it entered each stage named in ``keep_before`` (and present in the chain).
+    before: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Chain:
@@ -134,10 +141,16 @@ class Chain:
     def names(self) -> list[str]:
         return [s.name for s in self.stages]
 
-    def __call__(self, audio: np.ndarray, sample_rate_hz: int = WORKING_RATE_HZ) -> ChainResult:
+    def __call__(
+        self, audio: np.ndarray, sample_rate_hz: int = WORKING_RATE_HZ, keep_before: Iterable[str] = ()
+    ) -> ChainResult:
         audio = as_channels_first(audio).astype(np.float32, copy=False)
+        keep_before = set(keep_before)
         records: list[StageRecord] = []
+        before: dict[str, np.ndarray] = {}
         for position, stage in enumerate(self.stages):
+            if stage.name in keep_before:
+                before[stage.name] = audio
             started = time.perf_counter()
             out = stage(audio, sample_rate_hz)
             seconds = time.perf_counter() - started
@@ -152,7 +165,7 @@ class Chain:
                 )
             )
             audio = out.audio
-        return ChainResult(audio=audio, records=records)
+        return ChainResult(audio=audio, records=records, before=before)
 
     def __repr__(self) -> str:
         return f"Chain({self.stages!r})"

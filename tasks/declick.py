@@ -19,7 +19,7 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
-from archivox.tasks.armodel import block_ar, lsar_fill, matched_error, prediction_error, without_private
+from archivox.tasks.armodel import block_ar, lsar_fill, matched_error, prediction_error
 from archivox.tasks.chain import WORKING_RATE_HZ, Stage, StageOutput, check_range
 
 _BLOCK_S = 0.02
@@ -203,8 +203,6 @@ class Declick(Stage):
         check_range("order", self.order, 8, 128)
         check_range("max_click_ms", self.max_click_ms, 0.1, 20.0)
 
-    def __call__(self, audio: np.ndarray, sample_rate_hz: int = WORKING_RATE_HZ) -> StageOutput:
-        return without_private(super().__call__(audio, sample_rate_hz))
 
     def _geometry(self, rate: int) -> tuple[int, int]:
         p = _order_for(rate, self.order)

@@ -18,7 +18,6 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import fft as sp_fft
 
-from archivox.tasks.armodel import without_private
 from archivox.tasks.chain import WORKING_RATE_HZ, Stage, StageOutput, check_range
 
 
@@ -144,8 +143,6 @@ class Declip(Stage):
         check_range("floor_db", self.floor_db, -120.0, -20.0)
         check_range("headroom_db", self.headroom_db, 0.0, 12.0)
 
-    def __call__(self, audio: np.ndarray, sample_rate_hz: int = WORKING_RATE_HZ) -> StageOutput:
-        return without_private(super().__call__(audio, sample_rate_hz))
 
     def detect(self, audio: np.ndarray, sample_rate_hz: int) -> dict[str, Any]:
         found = [clipped_mask(np.asarray(ch, dtype=np.float64), self.tolerance_db) for ch in audio]

@@ -23,7 +23,6 @@ import numpy as np
 from scipy import ndimage, signal
 from scipy.interpolate import CubicSpline
 
-from archivox.tasks.armodel import without_private
 from archivox.tasks.chain import WORKING_RATE_HZ, Stage, StageOutput, check_range
 
 ANALYSIS_RATE_HZ = 4_000
@@ -331,8 +330,6 @@ class Dehum(Stage):
             min_level_db=self.min_level_db,
         )
 
-    def __call__(self, audio: np.ndarray, sample_rate_hz: int = WORKING_RATE_HZ) -> StageOutput:
-        return without_private(super().__call__(audio, sample_rate_hz))
 
     def detect(self, audio: np.ndarray, sample_rate_hz: int) -> dict[str, Any]:
         analysis = self.analyse(audio, sample_rate_hz)

@@ -224,54 +224,57 @@ def restore(plan: ItemPlan, extracted_path: str, options: RunOptions) -> dict[st
     "residual_path": str} for the later steps.
     """
     audio, rate_hz = read_audio(extracted_path)
-    stage_names = options.restore.resolved_stages()
-    diagnosis, stage_params = plan_stages(audio, rate_hz, options)
+    diagnosis, stage_names, stage_params = plan_stages(audio, rate_hz, options)
     chain = build_chain(stage_names, stage_params, device=options.device)
     work = Path(plan.work_dir)
     sources = {"original": extracted_path}
-
-    if "denoise" in chain.names:
-        # The transcription step may prefer the audio before broadband
-        # denoising (its artefacts hurt recognition), so keep that too.
-        split = chain.names.index("denoise")
-        from archivox.tasks.chain import Chain
-
-        before = Chain(chain.stages[:split])(audio, rate_hz)
-        write_wav(work / "pre_denoise.wav", before.audio, rate_hz)
+    # The transcription step may prefer the audio before broadband denoising
+    # (its artefacts hurt recognition); the residual is what the repairing
+    # stages took away, before EQ and loudness change the level.
+    finishing = [n for n in chain.names if n in _FINISHING_STAGES][:1]
+    result = chain(audio, rate_hz, keep_before=["denoise", *finishing])
+    if "denoise" in result.before:
+        write_wav(work / "pre_denoise.wav", result.before["denoise"], rate_hz)
         sources["pre_denoise"] = str(work / "pre_denoise.wav")
-        after = Chain(chain.stages[split:])(before.audio, rate_hz)
-        for record in after.records:
-            record.position += split
-        records, restored = before.records + after.records, after.audio
-    else:
-        result = chain(audio, rate_hz)
-        records, restored = result.records, result.audio
-
-    write_flac(Path(plan.restored_path), restored, rate_hz)
+    write_flac(Path(plan.restored_path), result.audio, rate_hz)
     sources["restored"] = plan.restored_path
     residual_path = ""
     if options.restore.residual:
-        residual_path = str(Path(plan.restored_path).with_name(Path(plan.sidecar_base).name + ".residual.flac"))
-        write_flac(Path(residual_path), audio - restored, rate_hz)
+        repaired = result.before[finishing[0]] if finishing else result.audio
+        residual_path = str(Path(plan.sidecar_base).with_name(Path(plan.sidecar_base).name + ".residual.flac"))
+        write_flac(Path(residual_path), audio - repaired, rate_hz)
     return {
         "sources": sources,
-        "stages": [asdict(r) for r in records],
+        "stages": [asdict(r) for r in result.records],
         "diagnosis": diagnosis,
         "residual_path": residual_path,
     }
 
 
-def plan_stages(audio: np.ndarray, rate_hz: int, options: RunOptions) -> tuple[dict[str, Any], dict[str, dict]]:
-    """(diagnosis as a dict, per-stage parameters) for one item: the preset's
-    settings (derived from the diagnosis for ``auto``) overridden by the user's."""
+# Stages that shape the sound rather than repair it.
+_FINISHING_STAGES = ("eq", "loudness")
+
+
+def plan_stages(audio: np.ndarray, rate_hz: int, options: RunOptions) -> tuple[dict[str, Any], list[str], dict[str, dict]]:
+    """(diagnosis as a dict, stage names, per-stage parameters) for one item.
+
+    The preset chooses settings (``auto`` derives them from the diagnosis and
+    drops repair stages for defects the diagnosis did not find); stages the
+    user named with ``--stages`` always run, and ``--set`` overrides settings.
+    """
     from archivox.tasks.diagnose import diagnose
-    from archivox.tasks.presets import stage_params_for
+    from archivox.tasks.presets import stage_params_for, stages_for
 
     diagnosis = diagnose(audio, rate_hz)
+    if options.restore.stages:
+        names = list(options.restore.stages)
+    else:
+        worth_running = set(stages_for(options.restore.preset, diagnosis)) | {"denoise"}
+        names = [n for n in options.restore.resolved_stages() if n in worth_running]
     params = stage_params_for(options.restore.preset, diagnosis)
     for stage, overrides in options.restore.params.items():
         params[stage] = {**params.get(stage, {}), **overrides}
-    return diagnosis.to_dict(), params
+    return diagnosis.to_dict(), names, params
 
 
 def transcribe(plan: ItemPlan, sources: dict[str, str], options: RunOptions) -> str:

@@ -13,9 +13,9 @@ from signals import RATE_HZ, rms_db, speech_like, tone, white_noise
 
 
 def test_stage_names_are_the_public_contract():
-    assert STAGE_ORDER == ("dc", "declick", "dehum", "declip", "denoise", "eq", "loudness")
+    assert STAGE_ORDER == ("declip", "dc", "declick", "dehum", "denoise", "eq", "loudness")
     assert parse_stage_list("loudness, dc") == ["loudness", "dc"]
-    with pytest.raises(ConfigError, match="unknown stage 'hiss'; valid stages are dc, declick"):
+    with pytest.raises(ConfigError, match="unknown stage 'hiss'; valid stages are declip, dc, declick"):
         parse_stage_list("dc,hiss")
     with pytest.raises(ConfigError, match="twice"):
         parse_stage_list("dc,dc")
@@ -76,3 +76,30 @@ def test_chain_accepts_mono_vectors_and_stereo():
     stereo = np.concatenate([speech_like(1.0), speech_like(1.0, seed=1)])
     assert Chain([DCOffset()])(stereo).audio.shape == stereo.shape
     assert Chain([DCOffset()])(stereo[0]).audio.shape == (1, stereo.shape[1])
+
+
+def test_chain_keeps_the_audio_entering_named_stages():
+    signal = speech_like(1.0) + np.float32(0.05)
+    result = build_chain(["dc", "loudness"])(signal, keep_before=["loudness", "denoise"])
+    assert set(result.before) == {"loudness"}  # denoise is not in this chain
+    assert abs(float(result.before["loudness"].mean())) < 1e-3  # after dc, before loudness
+    np.testing.assert_array_equal(build_chain(["dc"])(signal).audio, result.before["loudness"])
+
+
+def test_working_data_of_a_stage_stays_out_of_its_metrics():
+    from dataclasses import dataclass
+
+    from archivox.tasks.chain import Stage, StageOutput
+
+    @dataclass
+    class Probe(Stage):
+        name = "probe"
+
+        def detect(self, audio, sample_rate_hz):
+            return {"level_db": -20.0, "_mask": np.ones(audio.shape[1], bool)}
+
+        def repair(self, audio, sample_rate_hz, findings):
+            assert findings["_mask"].all()
+            return StageOutput(audio, {"changed": False, "_scratch": [1, 2]})
+
+    assert Probe()(tone(100.0, 0.1)).metrics == {"found_level_db": -20.0, "changed": False}

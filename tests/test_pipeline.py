@@ -1,0 +1,82 @@
+"""The per-item steps without Prefect: plan, extract, restore (residual), record, fixity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from archivox.catalog.store import Catalog
+from archivox.config import RestoreOptions, RunOptions
+from archivox.manifest import ManifestItem
+from archivox.tasks import pipeline
+from media import write_wav
+from signals import RATE_HZ, hum, rms_db, si_sdr_db, speech_like
+
+
+def _plan(tmp_path, rel="tape.wav", options=None, **kwargs):
+    options = options or RunOptions(restore=RestoreOptions(stages=["dc", "dehum", "loudness"], residual=True), transcribe_enabled=False)
+    item = ManifestItem(item_id="tape", path=rel, row=1)
+    defaults = dict(run_id="r1", root=tmp_path / "root", out=tmp_path / "out", work_root=tmp_path / "out" / ".work",
+                    previous=None, previous_failure=None, failures_by_sha={}, options=options,
+                    config_hash=options.config_hash(), models="", force=False)
+    defaults.update(kwargs)
+    return pipeline.prepare(item, **defaults), options
+
+
+def test_restore_writes_flac_and_a_time_aligned_residual(tmp_path):
+    clean = speech_like(4.0, level_db=-26.0)
+    write_wav(tmp_path / "root" / "tape.wav", clean + hum(50.0, 4.0, level_db=-30.0), RATE_HZ, subtype="FLOAT")
+    plan, options = _plan(tmp_path)
+    assert plan.error == "" and plan.sha256 and plan.media["sample_rate_hz"] == RATE_HZ
+    extracted = pipeline.extract(plan, options)
+    restored = pipeline.restore(plan, extracted, options)
+    assert [s["stage"] for s in restored["stages"]] == ["dc", "dehum", "loudness"]
+    out, rate = sf.read(plan.restored_path, always_2d=True)
+    assert rate == RATE_HZ and sf.info(plan.restored_path).subtype == "PCM_24"
+    residual, _ = sf.read(restored["residual_path"], always_2d=True)
+    # What dehum took away is the hum: the residual matches the planted hum, not the speech.
+    planted = hum(50.0, 4.0, level_db=-30.0)[0]
+    assert si_sdr_db(residual[:, 0], planted) > 10.0
+    assert rms_db(residual[:, 0]) == pytest.approx(-30.0, abs=1.5)
+    row = pipeline.record(plan, Catalog(tmp_path / "cat"), config_hash="c", models="m", restored=restored)
+    assert row["status"] == "ok" and row["residual_path"] == restored["residual_path"]
+    assert not (tmp_path / "out" / ".work" / "r1" / "tape").exists()
+
+
+def test_an_original_that_changes_mid_run_is_a_fixity_failure(tmp_path):
+    write_wav(tmp_path / "root" / "tape.wav", speech_like(1.0), RATE_HZ)
+    plan, options = _plan(tmp_path)
+    pipeline.extract(plan, options)
+    with open(tmp_path / "root" / "tape.wav", "r+b") as handle:  # someone else writes to the archive
+        handle.seek(100)
+        handle.write(b"\x00\x01")
+    row = pipeline.record(plan, Catalog(tmp_path / "cat"), config_hash="c", models="m")
+    assert row["status"] == "failed" and row["error_kind"] == "fixity"
+    assert "changed during processing" in row["error"]
+
+
+def test_missing_files_and_escaping_paths_are_planned_as_failures(tmp_path):
+    (tmp_path / "root").mkdir()
+    missing, _ = _plan(tmp_path, rel="nothing.wav")
+    assert missing.error_kind == "bad_input" and "not found" in missing.error
+    escaping, _ = _plan(tmp_path, rel="../../etc/passwd")
+    assert "outside the archive root" in escaping.error
+
+
+def test_unchanged_items_are_skipped_and_forced_items_are_not(tmp_path):
+    write_wav(tmp_path / "root" / "tape.wav", speech_like(1.0), RATE_HZ)
+    first, options = _plan(tmp_path)
+    restored_path = tmp_path / "out" / "tape.wav.flac"
+    restored_path.parent.mkdir(parents=True)
+    restored_path.write_bytes(b"x")
+    previous = {"sha256": first.sha256, "config_hash": options.config_hash(), "models_key": "", "restored_path": str(restored_path), "run_id": "r0"}
+    again, _ = _plan(tmp_path, previous=previous)
+    assert again.skip_reason.startswith("unchanged since run r0")
+    forced, _ = _plan(tmp_path, previous=previous, force=True)
+    assert forced.skip_reason == ""
+    other_config = RunOptions(restore=RestoreOptions(stages=["dc"]), transcribe_enabled=False)
+    changed, _ = _plan(tmp_path, previous=previous, options=other_config)
+    assert changed.skip_reason == ""
+    exhausted, _ = _plan(tmp_path, failures_by_sha={first.sha256: 3})
+    assert "failed 3 times" in exhausted.skip_reason
