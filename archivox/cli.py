@@ -39,7 +39,7 @@ def _stage_params(pairs: list[str]) -> dict[str, dict]:
     return params
 
 
-def _run_options(args) -> "RunOptions":
+def _run_options(args):
     from archivox.config import RestoreOptions, RunOptions
     from archivox.tasks.transcribe import TranscribeOptions
 

@@ -20,7 +20,7 @@ from scipy import fft as sp_fft
 from scipy import ndimage
 
 from archivox.tasks.armodel import block_ar, lsar_fill, matched_error, prediction_error
-from archivox.tasks.chain import WORKING_RATE_HZ, Stage, StageOutput, check_range
+from archivox.tasks.chain import Stage, StageOutput, check_range
 
 _BLOCK_S = 0.02
 _PEAK_HOP_S = 0.01

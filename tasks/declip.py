@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import fft as sp_fft
 
-from archivox.tasks.chain import WORKING_RATE_HZ, Stage, StageOutput, check_range
+from archivox.tasks.chain import Stage, StageOutput, check_range
 
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage, signal
 from scipy.interpolate import CubicSpline
 
-from archivox.tasks.chain import WORKING_RATE_HZ, Stage, StageOutput, check_range
+from archivox.tasks.chain import Stage, StageOutput, check_range
 
 ANALYSIS_RATE_HZ = 4_000
 _FRAME_S = 1.0
