@@ -169,6 +169,7 @@ def main() -> None:
     policies = {
         "mix+dsp": ("mix", "pre_denoise"),
         "mix+denoised": ("mix", "restored"),
+        "denoised+dsp": ("restored", "pre_denoise"),
         "mix+dsp+denoised": ("mix", "pre_denoise", "restored"),
         "all four": ("mix", "pre_denoise", "restored", "original"),
     }

@@ -73,10 +73,11 @@ class TranscribeOptions:
     fallback_model: str = "base"
     # Which audio the transcript is decoded from; see the module docstring.
     asr_input: str = "auto"
-    # Measured by bench/transcribe.py: deciding between the mix and the
-    # restored audio beat either alone and beat any set that includes the
-    # DSP-only view (whose confident misreadings in noise win too often).
-    candidates: tuple[str, ...] = ("mix", "restored")
+    # Measured by bench/transcribe.py on two utterance sets: deciding between
+    # the restored audio (the denoise stage already adds 25 % of its input
+    # back) and the DSP-only audio was best or tied on both, while the extra
+    # "mix" view helped on one set and hurt on the other.
+    candidates: tuple[str, ...] = ("restored", "pre_denoise")
     # Share (0-1, in amplitude) of the pre-denoise audio in the "mix" view.
     mix_fraction: float = 0.3
     # Language detection: windows of this length are checked separately on
