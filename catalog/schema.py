@@ -38,6 +38,8 @@ ITEMS = pa.schema(
         ("started_at", pa.timestamp("us", tz="UTC")),
         ("finished_at", pa.timestamp("us", tz="UTC")),
         ("seconds", pa.float64()),
+        ("asr_evidence", pa.string()),  # JSON: every transcription candidate's scores and the choice
+        ("model_sha256", pa.string()),  # of the whisper model that made the transcript
     ]
 )
 

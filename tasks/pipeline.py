@@ -374,6 +374,8 @@ def record(
         "language_detected": transcript.language if transcript else "",
         "language_probability": transcript.language_probability if transcript else None,
         "asr_candidate": transcript.candidate if transcript else "",
+        "asr_evidence": to_json(transcript.evidence) if transcript else "",
+        "model_sha256": transcript.model_sha256 if transcript else "",
         "metadata": to_json(plan.metadata),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "started_at": _timestamp(plan.started_at) if plan.started_at else finished,
