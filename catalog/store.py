@@ -177,7 +177,10 @@ class Catalog:
         for dataset, schema in DATASETS.items():
             files = [str(f) for f in self.files(dataset)]
             if files:
-                connection.execute(f"CREATE VIEW {dataset} AS SELECT * FROM read_parquet({_sql_list(files)})")
+                # union_by_name: catalogs written before a column was added still read.
+                connection.execute(
+                    f"CREATE VIEW {dataset} AS SELECT * FROM read_parquet({_sql_list(files)}, union_by_name = true)"
+                )
             else:
                 connection.register(f"_{dataset}_empty", schema.empty_table())
                 connection.execute(f"CREATE VIEW {dataset} AS SELECT * FROM _{dataset}_empty")
