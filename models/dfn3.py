@@ -41,7 +41,6 @@ Shapes: ``B`` batch (streams: channels or items), ``T`` frames,
 
 from __future__ import annotations
 
-import hashlib
 import math
 import tarfile
 from dataclasses import dataclass
@@ -76,14 +75,6 @@ MAX_DB_DF_THRESH = 35.0
 # --------------------------------------------------------------------------
 # Weights
 # --------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_onnx_graphs(tar_path: Path) -> dict[str, bytes]:

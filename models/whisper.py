@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from archivox.errors import ConfigError, ModelNotFoundError
+from archivox.tasks.fixity import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import faster_whisper
@@ -63,8 +64,6 @@ class WhisperHandle:
 
 _models: dict[tuple[str, str, str], WhisperHandle] = {}
 _models_lock = threading.Lock()
-_hashes: dict[tuple[str, int, int], str] = {}
-_hashes_lock = threading.Lock()
 _assemble_lock = threading.Lock()
 
 
@@ -97,7 +96,7 @@ def load_whisper(name_or_path: str = "tiny.en", device: str = "auto", compute_ty
             model=model,
             name=name_or_path,
             path=path,
-            sha256=file_sha256(path / "model.bin"),
+            sha256=sha256_file(path / "model.bin", cached=True),
             multilingual=bool(model.model.is_multilingual),
             device=device,
             compute_type=compute_type,
@@ -158,7 +157,7 @@ def assemble_base_model(cache: Path | None = None) -> Path:
     target = cache / f"whisper-base-{versions[0]}-{versions[1]}"
     with _assemble_lock:
         if (target / "model.bin").is_file():
-            digest = file_sha256(target / "model.bin")
+            digest = sha256_file(target / "model.bin", cached=True)
             recorded = (target / "model.bin.sha256").read_text().strip() if (target / "model.bin.sha256").is_file() else None
             if digest == (expected or recorded):
                 return target
@@ -195,23 +194,6 @@ def assemble_base_model(cache: Path | None = None) -> Path:
         return target
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, cached per process by (path, size, mtime)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    with _hashes_lock:
-        if key in _hashes:
-            return _hashes[key]
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            hasher.update(block)
-    digest = hasher.hexdigest()
-    with _hashes_lock:
-        _hashes[key] = digest
-    return digest
-
-
 def _base_parts() -> tuple[list[tuple[Path, str | None]], Path, tuple[str, str]]:
     parts: list[tuple[Path, str | None]] = []
     versions: list[str] = []
@@ -245,7 +227,7 @@ def _recorded_hash(dist_name: str, path: Path) -> str | None:
 def _verify_part(part: Path, expected: str | None) -> None:
     if expected is None:
         return
-    digest = file_sha256(part)
+    digest = sha256_file(part, cached=True)
     if digest != expected:
         raise ModelNotFoundError(
             f"{part} has SHA-256 {digest} but its wheel recorded {expected}; the install is damaged: "

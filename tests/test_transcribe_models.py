@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from archivox.errors import ConfigError
-from archivox.models.whisper import assemble_base_model, file_sha256, installed_models
+from archivox.models.whisper import assemble_base_model, installed_models
+from archivox.tasks.fixity import sha256_file
 from archivox.tasks.transcribe import TranscribeOptions, transcribe_candidates, transcribe_item
 
 BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
@@ -38,7 +39,7 @@ def test_base_is_assembled_once_verified_and_rebuilt_when_damaged(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json", "model.bin", "model.bin.sha256", "tokenizer.json", "vocabulary.json",
     ]
-    assert file_sha256(folder / "model.bin") == BASE_SHA256
+    assert sha256_file(folder / "model.bin") == BASE_SHA256
     assert (folder / "model.bin").stat().st_size == 94_371_840 + 50_845_767
     mtime = (folder / "model.bin").stat().st_mtime_ns
     assert assemble_base_model(cache=tmp_path) == folder
@@ -46,7 +47,7 @@ def test_base_is_assembled_once_verified_and_rebuilt_when_damaged(tmp_path):
     # A truncated copy (a full disk, a killed process) is noticed and rebuilt.
     with open(folder / "model.bin", "r+b") as f:
         f.truncate(1000)
-    assert file_sha256(assemble_base_model(cache=tmp_path) / "model.bin") == BASE_SHA256
+    assert sha256_file(assemble_base_model(cache=tmp_path) / "model.bin") == BASE_SHA256
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".whisper-base-")]  # no staging left
 
 
