@@ -556,13 +556,18 @@ def word_distance(a: str, b: str) -> float:
     wa, wb = _norm_words(a), _norm_words(b)
     if not wa and not wb:
         return 0.0
-    prev = list(range(len(wb) + 1))
-    for i, x in enumerate(wa, start=1):
-        cur = [i] + [0] * len(wb)
-        for j, y in enumerate(wb, start=1):
+    return word_edits(wa, wb) / max(len(wa), len(wb))
+
+
+def word_edits(a: list[str], b: list[str]) -> int:
+    """Levenshtein distance between two word lists (insertions, deletions, substitutions)."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        cur = [i] + [0] * len(b)
+        for j, y in enumerate(b, start=1):
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
         prev = cur
-    return prev[-1] / max(len(wa), len(wb))
+    return prev[-1]
 
 
 def _norm_words(text: str) -> list[str]:

@@ -103,16 +103,12 @@ def word_error_rate(hypothesis: str, reference: str) -> float:
     def norm(s: str) -> list[str]:
         return re.sub(r"[^a-z0-9' ]+", " ", s.lower().replace("-", " ")).split()
 
+    from archivox.tasks.transcribe import word_edits
+
     hyp, ref = norm(hypothesis), norm(reference)
     if not ref:
         return float(len(hyp) > 0)
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, start=1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1] / len(ref)
+    return word_edits(ref, hyp) / len(ref)
 
 
 def tone_prominence_db(audio: np.ndarray, rate_hz: int, freq_hz: float, resolution_hz: float = 2.0) -> float:
