@@ -119,6 +119,8 @@ def main() -> int:
     transcribe_s = tasks.get("transcribe", 0.0)
     inside = stages_total + transcribe_s
     outside = wall_s - inside if args.workers == 1 else wall_s * args.workers - inside
+    restore_other = tasks.get("restore", 0.0) - stages_total
+    orchestration = wall_s * args.workers - sum(tasks.values())
 
     lines = [
         f"# archivox throughput: {args.n}-item archive, {audio_s / 60:.1f} min of audio",
@@ -140,6 +142,9 @@ def main() -> int:
         f"| transcribe tasks | {transcribe_s:.1f} s |",
         f"| outside the stages (orchestration, I/O, diagnosis) | {outside:.1f} s |",
         f"| **outside / {'wall' if args.workers == 1 else f'(wall x {args.workers} threads)'}** | **{100 * outside / (wall_s * args.workers):.1f} %** |",
+        f"| of which: restore task outside its stages (diagnosis, WAV/FLAC I/O) | {restore_other:.1f} s |",
+        f"| of which: probe-extract + record tasks (ffprobe/ffmpeg, fixity, Parquet) | {tasks.get('probe-extract', 0.0) + tasks.get('record', 0.0):.1f} s |",
+        f"| of which: orchestration (wall x threads - all task run times) | {orchestration:.1f} s ({100 * orchestration / (wall_s * args.workers):.1f} %) |",
         f"| run_archive call incl. embedded server start | {call_s:.1f} s |",
         f"| building the archive (not counted) | {build_s:.1f} s |",
         "",
