@@ -85,7 +85,18 @@ def cmd_run(args) -> int:
     from archivox.flows.archive_run import run_archive
 
     with console.status(f"archivox: restoring and transcribing the items of {manifest} ..."):
-        summary = run_archive(manifest, root, out, catalog, options, force=args.force)
+        if args.dask or args.dask_workers:
+            from archivox.flows.dask_run import run_archive_dask
+
+            summary = run_archive_dask(
+                manifest, root, out, catalog, options, address=args.dask or None,
+                n_workers=args.dask_workers or 2, gpu_resource=args.dask_gpu_resource, force=args.force,
+            )
+        else:
+            from archivox.flows.scaleout import ScaleOut
+
+            scaleout = ScaleOut(gpu_deployment=args.gpu_deployment) if args.gpu_deployment else None
+            summary = run_archive(manifest, root, out, catalog, options, force=args.force, scaleout=scaleout)
     table = Table(title=f"run {summary['run_id']}")
     for column in ("item", "path", "status", "error"):
         table.add_column(column, overflow="fold")
@@ -223,6 +234,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_deploy(args) -> int:
+    from archivox.flows.deploy import main as deploy_main
+
+    return deploy_main(args.prefect_args)
+
+
 def cmd_diagnose(args) -> int:
     from archivox.tasks.diagnose import diagnose
 
@@ -264,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=2, help="items processed at once (default 2)")
     run.add_argument("--retries", type=int, default=2, help="retries of a step after a transient error")
     run.add_argument("--verbose", action="store_true", help="show Prefect's logs")
+    run.add_argument("--gpu-deployment", metavar="FLOW/DEPLOYMENT",
+                     help="send the GPU steps to this deployment on a GPU work pool, e.g. archive-gpu-stages/gpu "
+                          "(needs a Prefect server: PREFECT_API_URL)")
+    run.add_argument("--dask", metavar="ADDRESS", help="run the items on the Dask cluster at ADDRESS (pip install 'archivox[dask]')")
+    run.add_argument("--dask-workers", type=int, metavar="N", help="run the items on a local Dask cluster of N processes")
+    run.add_argument("--dask-gpu-resource", default="", metavar="NAME",
+                     help="Dask resource that marks GPU workers (e.g. GPU); GPU steps are placed on them")
     _add_restore_options(run)
     run.set_defaults(handler=cmd_run)
 
@@ -301,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("destination", help="an empty or new folder; one file is also written beside it")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=cmd_demo)
+
+    deploy = sub.add_parser(
+        "deploy", help="create the work pools and deployments of deploy/prefect.yaml on the Prefect server",
+        description="Arguments after 'deploy' go to 'prefect deploy' (default: --prefect-file deploy/prefect.yaml --all). "
+                    "See deploy/README.md for the environment variables it reads.",
+    )
+    deploy.add_argument("prefect_args", nargs=argparse.REMAINDER)
+    deploy.set_defaults(handler=cmd_deploy)
 
     diagnose = sub.add_parser("diagnose", help="measure a file's defects: DC, hum, clicks, clipping, noise, bandwidth")
     diagnose.add_argument("input")

@@ -27,20 +27,6 @@ DEFAULTS = {
 REQUIRED = ("ARCHIVOX_MANIFEST", "ARCHIVOX_ROOT", "ARCHIVOX_OUT", "ARCHIVOX_CATALOG")
 
 
-def _patch_worker_listing() -> None:
-    from prefect.client.orchestration import PrefectClient
-
-    original = PrefectClient.read_workers_for_work_pool
-    if getattr(original, "_archivox_patched", False):
-        return
-
-    async def read_workers_for_work_pool(self, work_pool_name, worker_filter=None, offset=None, limit=None):
-        return await original(self, work_pool_name, worker_filter=worker_filter, offset=offset or 0, limit=limit or 200)
-
-    read_workers_for_work_pool._archivox_patched = True
-    PrefectClient.read_workers_for_work_pool = read_workers_for_work_pool
-
-
 def ensure_pools(names: list[str], pool_type: str = "process") -> list[str]:
     """Create the work pools ``names`` that do not exist yet; returns the ones created."""
     from prefect.client.orchestration import get_client
@@ -77,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         argv = ["--prefect-file", "deploy/prefect.yaml", "--all"]
     ensure_pools([os.environ["ARCHIVOX_CPU_POOL"], os.environ["ARCHIVOX_GPU_POOL"]])
-    _patch_worker_listing()
     from prefect.cli import app
 
     sys.argv = ["prefect", "--no-prompt", "deploy", *argv]  # Prefect's CLI entry point reads sys.argv
