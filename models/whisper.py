@@ -91,7 +91,9 @@ def load_whisper(name_or_path: str = "tiny.en", device: str = "auto", compute_ty
 
         # local_files_only: a folder path never reaches the hub anyway, but
         # this makes sure of it if faster-whisper's rules ever change.
-        model = WhisperModel(str(path), device=device, compute_type=compute_type, local_files_only=True)
+        model = WhisperModel(
+            str(path), device=device, compute_type=compute_type, local_files_only=True, cpu_threads=_cpu_threads()
+        )
         handle = WhisperHandle(
             model=model,
             name=name_or_path,
@@ -273,3 +275,22 @@ def _pick_compute_type(device: str, compute_type: str) -> str:
             f"compute_type={compute_type!r} is not supported on {device}; valid here: {', '.join(sorted(supported))} or 'auto'"
         )
     return compute_type
+
+
+def _cpu_threads() -> int:
+    """CTranslate2's CPU threads, fixed rather than taken from the environment.
+
+    Left to itself CTranslate2 takes OMP_NUM_THREADS, which Dask sets to 1 in
+    its workers: transcription there ran on one thread, and because the int8
+    kernels' results depend on the thread count, borderline audio came out
+    with other words than in a thread-pool run. ``ARCHIVOX_WHISPER_THREADS``
+    overrides the default (the core count, at most 4).
+    """
+    value = os.environ.get("ARCHIVOX_WHISPER_THREADS", str(min(4, os.cpu_count() or 1)))
+    try:
+        threads = int(value)
+    except ValueError:
+        raise ConfigError(f"ARCHIVOX_WHISPER_THREADS={value!r} is not a whole number; use 1 to 64") from None
+    if not 1 <= threads <= 64:
+        raise ConfigError(f"ARCHIVOX_WHISPER_THREADS={threads} is out of range; valid range is [1, 64]")
+    return threads

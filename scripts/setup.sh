@@ -11,4 +11,4 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install --quiet "torch==2.13.0"
-python -m pip install --quiet -e ".[test,multilingual]"
+python -m pip install --quiet -e ".[test,multilingual,dask]"
