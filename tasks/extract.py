@@ -10,6 +10,7 @@ cannot reach other files or the network), and the process has a timeout.
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -59,8 +60,9 @@ def _file_url(path: Path) -> str:
 
 
 def _stderr_tail(stderr: bytes) -> str:
-    text = stderr.decode("utf-8", "replace").strip()
-    return text[-_STDERR_TAIL:]
+    """ffmpeg's last words on one line (a catalog cell), decoder addresses dropped."""
+    lines = [re.sub(r" @ 0x[0-9a-f]+", "", line).strip() for line in stderr.decode("utf-8", "replace").splitlines()]
+    return " | ".join(line for line in lines if line)[-_STDERR_TAIL:]
 
 
 @dataclass(frozen=True)
