@@ -163,9 +163,19 @@ def cmd_transcribe(args) -> int:
     from archivox.tasks.exports import write_sidecars
     from archivox.tasks.transcribe import TranscribeOptions, transcribe_item
 
+    import tempfile
+
+    from archivox.tasks.pipeline import write_wav
+
     source = Path(args.input)
     options = TranscribeOptions(model=args.model, language=args.language, device=args.device)
-    transcript = transcribe_item({"restored": source}, options, language=args.language)
+    # Any container ffmpeg reads (video included) goes through the same
+    # hardened decoder as a run, then to faster-whisper as a WAV.
+    audio, rate_hz = _decode_input(source, args.channel_policy)
+    with tempfile.TemporaryDirectory(prefix="archivox-transcribe-") as work:
+        decoded = Path(work) / "audio.wav"
+        write_wav(decoded, audio, rate_hz)
+        transcript = transcribe_item({"restored": decoded}, options, language=args.language)
     base = Path(args.output) if args.output else Path.cwd() / source.name
     written = write_sidecars(transcript, base)
     for segment in transcript.segments:
@@ -309,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--model", default="tiny.en")
     transcribe.add_argument("--language")
     transcribe.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    transcribe.add_argument("--channel-policy", default="speech", choices=["mix", "left", "right", "speech"])
     transcribe.set_defaults(handler=cmd_transcribe)
 
     search = sub.add_parser("search", help="search the transcripts of a catalog")

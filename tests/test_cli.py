@@ -1,0 +1,49 @@
+"""The single-file commands and scan, as a user types them."""
+
+from __future__ import annotations
+
+import json
+
+import soundfile as sf
+
+from archivox.cli import main
+from archivox.manifest import read_manifest
+
+
+def test_scan_writes_a_manifest_of_readable_media(demo_archive, tmp_path, capsys):
+    manifest = tmp_path / "scanned.csv"
+    assert main(["scan", str(demo_archive.root), "-o", str(manifest), "--collection", "demo"]) == 0
+    paths = {i.path for i in read_manifest(manifest)}
+    good = {i.path for i in demo_archive.items if i.expected_status == "ok"}
+    assert good <= paths
+    assert "broken/empty.wav" not in paths and "manifest.csv" not in paths
+
+
+def test_restore_one_file_with_chosen_stages(demo_archive, tmp_path, capsys):
+    source = demo_archive.root / "interviews" / "mueller_1971.flac"
+    output = tmp_path / "mueller.flac"
+    assert main(["restore", str(source), "-o", str(output), "--stages", "dehum,declick,loudness",
+                 "--set", "loudness.target_lufs=-20"]) == 0
+    printed = capsys.readouterr().out
+    assert "declick" in printed and "dehum" in printed and "denoise" not in printed
+    info = sf.info(str(output))
+    assert info.samplerate == 48_000 and info.subtype == "PCM_24"
+    assert main(["restore", str(source), "-o", str(source)]) == 2  # never over the input
+    assert main(["restore", str(source), "-o", str(output), "--stages", "hiss"]) == 2
+    assert "unknown stage 'hiss'" in capsys.readouterr().err
+
+
+def test_diagnose_reports_the_planted_hum(demo_archive, capsys):
+    assert main(["diagnose", str(demo_archive.root / "interviews" / "mueller_1971.flac"), "--json"]) == 0
+    diagnosis = json.loads(capsys.readouterr().out)
+    assert abs(diagnosis["hum_fundamental_hz"] - 60.0) < 0.5
+
+
+def test_transcribe_one_file_writes_sidecars(demo_archive, tmp_path, capsys):
+    base = tmp_path / "newsreel"
+    assert main(["transcribe", str(demo_archive.root / "film" / "newsreel_1949.mp4"), "-o", str(base)]) == 0
+    assert "bridge" in capsys.readouterr().out.lower()
+    for suffix in (".srt", ".vtt", ".txt", ".json"):
+        assert (tmp_path / f"newsreel{suffix}").stat().st_size > 0
+    assert main(["transcribe", str(demo_archive.root / "film" / "newsreel_1949.mp4"), "--model", "no-such-model"]) == 2
+    assert "never downloads" in capsys.readouterr().err
