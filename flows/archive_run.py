@@ -13,6 +13,7 @@ is retried ``options.retries`` times.
 from __future__ import annotations
 
 import platform
+from dataclasses import asdict
 import shutil
 import subprocess
 import uuid
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -46,16 +48,28 @@ def retry_unless_bad_input(task, task_run, state) -> bool:
 
 def _step(name: str):
     # Retries and delay are set per run with .with_options(), from RunOptions.
-    return task(name=name, retry_condition_fn=retry_unless_bad_input, persist_result=False)
+    # NO_CACHE: a rerun's skipping is archivox's own (SHA-256, config and model
+    # hashes in the catalog); Prefect need not hash the inputs of every task.
+    return task(
+        name=name, retry_condition_fn=retry_unless_bad_input, persist_result=False, cache_policy=NO_CACHE
+    )
 
 
 @_step("probe-extract")
-def probe_extract_task(plan: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    plan_obj = pipeline.ItemPlan.from_dict(plan)
-    if plan_obj.error or plan_obj.skip_reason:
-        return {"plan": plan_obj.to_dict(), "extracted": ""}
-    extracted = pipeline.extract(plan_obj, RunOptions.from_dict(options))
-    return {"plan": plan_obj.to_dict(), "extracted": extracted}
+def probe_extract_task(item: dict[str, Any], checks: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Fixity, probe and the skip decision (:func:`pipeline.prepare`), then extraction."""
+    run_options = RunOptions.from_dict(options)
+    plan = pipeline.prepare(ManifestItem(**item), options=run_options, **checks)
+    if plan.error or plan.skip_reason:
+        return {"plan": plan.to_dict(), "extracted": ""}
+    try:
+        extracted = pipeline.extract(plan, run_options)
+    except BadInputError as exc:
+        # Undecodable media is the item's fault, not the task's: record it with
+        # the plan (its SHA-256 lets the next run recognise the same bytes).
+        plan.error, plan.error_kind = pipeline.describe_error(exc)
+        return {"plan": plan.to_dict(), "extracted": ""}
+    return {"plan": plan.to_dict(), "extracted": extracted}
 
 
 @_step("restore")
@@ -178,21 +192,20 @@ def _run(manifest, root, out, catalog_dir, run_options: RunOptions, force, item_
     on_gpu = set(gpu_steps(run_options)) if scale.routed else set()
     chains = {}
     for item in items:
-        plan = pipeline.prepare(
-            item,
+        plan = pipeline.new_plan(item, run_id=run_id, work_root=work_root).to_dict()
+        checks = dict(
             run_id=run_id,
-            root=root_path,
-            out=out_path,
-            work_root=work_root,
-            previous=previous.latest_ok.get(item.item_id),
-            previous_failure=previous.latest_failed.get(item.item_id),
+            root=str(root_path),
+            out=str(out_path),
+            work_root=str(work_root),
+            previous=pipeline.previous_summary(previous.latest_ok.get(item.item_id)),
+            previous_failure=pipeline.previous_summary(previous.latest_failed.get(item.item_id)),
             failures_by_sha=previous.failures_by_sha(item.item_id, config_hash),
-            options=run_options,
             config_hash=config_hash,
             models=models_key,
             force=force,
-        ).to_dict()
-        futures = [probe_extract.submit(plan, options_dict)]
+        )
+        futures = [probe_extract.submit(asdict(item), checks, options_dict)]
         if "restore" not in on_gpu:
             with dask_placement(scale, "restore", run_options):
                 futures.append(restore.submit(futures[-1], options_dict))
@@ -211,6 +224,11 @@ def _run(manifest, root, out, catalog_dir, run_options: RunOptions, force, item_
     for done in as_completed(list(chains)):
         plan, futures = chains[done]
         failure = _first_failure(*futures)
+        # The newest plan a finished step returned carries the SHA-256 and
+        # media facts that the failure row needs.
+        for future in futures:
+            if future.state.is_completed():
+                plan = future.result()["plan"]
         outcome = done.result() if failure is None else None
         if outcome is not None and on_gpu and outcome.get("extracted"):
             for_gpu.append((plan, outcome))

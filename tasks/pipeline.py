@@ -104,6 +104,30 @@ def models_key(models: dict[str, dict[str, str]]) -> str:
     return ",".join(f"{k}={v.get('sha256', '')[:16]}" for k, v in sorted(models.items()))
 
 
+def new_plan(item: ManifestItem, *, run_id: str, work_root: Path) -> ItemPlan:
+    """The plan of an item before anything is read: what a failure is recorded against."""
+    return ItemPlan(
+        run_id=run_id,
+        item_id=item.item_id,
+        rel_path=item.path,
+        collection=item.collection,
+        language=item.language,
+        metadata=dict(item.metadata),
+        started_at=time.time(),
+        work_dir=str(Path(work_root) / run_id / item.item_id.replace("/", "_")),
+    )
+
+
+_PREVIOUS_KEYS = ("run_id", "sha256", "config_hash", "models_key", "restored_path", "error", "error_kind")
+
+
+def previous_summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The fields of an earlier ``items`` row that :func:`prepare` compares, as plain values."""
+    if row is None:
+        return None
+    return {key: ("" if row.get(key) is None or row.get(key) != row.get(key) else str(row[key])) for key in _PREVIOUS_KEYS}
+
+
 def prepare(
     item: ManifestItem,
     *,
@@ -122,18 +146,10 @@ def prepare(
     """Check the row, hash the original, probe it and decide whether to skip it.
 
     Never raises for a bad item: the problem is written into the plan's
-    ``error`` and the item is recorded as failed.
+    ``error`` and the item is recorded as failed. Runs inside the first task
+    of each item, so that hashing a large archive is spread over the workers.
     """
-    plan = ItemPlan(
-        run_id=run_id,
-        item_id=item.item_id,
-        rel_path=item.path,
-        collection=item.collection,
-        language=item.language,
-        metadata=dict(item.metadata),
-        started_at=time.time(),
-        work_dir=str(Path(work_root) / run_id / item.item_id.replace("/", "_")),
-    )
+    plan = new_plan(item, run_id=run_id, work_root=work_root)
     try:
         if item.error:
             raise BadInputError(item.error)

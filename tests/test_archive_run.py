@@ -115,8 +115,9 @@ def test_a_second_run_does_no_work(first_run, demo_archive):
     summary = run_archive(demo_archive.manifest, demo_archive.root, first_run["out"], catalog.root, RunOptions())
     assert summary["ok"] == 0 and summary["skipped"] == 5 and summary["failed"] == 3
     assert len(catalog.read("stages")) == stages_before
-    assert all("not retried" in i["error"] or "outside" in i["error"] or "empty" in i["error"]
-               for i in summary["items"] if i["status"] == "failed")
+    failed = {i["path"]: i["error"] for i in summary["items"] if i["status"] == "failed"}
+    assert "not retried" in failed["broken/truncated.flac"], failed
+    assert "outside the archive root" in failed["../outside.wav"] and "empty" in failed["broken/empty.wav"], failed
 
 
 def test_changed_files_and_config_are_redone_and_cli_reports(prefect_harness, demo_archive, tmp_path, capsys):
