@@ -6,8 +6,13 @@ fitted block by block. Voiced speech also leaves peaks in that error, one per
 glottal pulse, so a sample counts as a click only when it stands
 ``threshold_db`` above both the robust level of the error around it and the
 typical peak of the error in the surrounding 200 ms; a click is rare, the
-glottal pulses are not. Marked runs are refilled from the surrounding signal
-by least-squares AR interpolation.
+glottal pulses are not. The error is matched to pulses of 1 to 4 samples,
+not only to single-sample impulses: on full-band 48 kHz recordings the
+one-sample detector listens mostly to the empty band above the anti-alias
+roll-off, where a pulse of even width has a spectral null. An impulse that
+corrupts only a few samples may clear a lower bar than a broader event.
+Marked runs are refilled from the surrounding signal by least-squares AR
+interpolation.
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ _PEAK_HOP_S = 0.01
 _PEAK_CONTEXT_S = 0.1  # each side
 _CORE_DB = 12.0  # forward and backward error both this far over their level: a corrupted sample
 _LOOSE_DB = 12.0  # how much more lenient the search that refits the models is
+_WIDTHS = 4  # pulses of 1 to this many samples each get their own statistic
+_SHORT_DB = 8.0  # how much lower the bar is for an impulse whose corrupted core is short
+_SHORT_S = 0.0001  # up to this long (100 us, 5 samples at 48 kHz)
+# Four pulse widths and the lower bar for short cores find more of the
+# speech's own error peaks too; this much on top of ``threshold_db`` keeps
+# false detections on clean speech where the one-sample detector had them
+# (0.97 a minute over the bench's 49 files, before and after).
+_SEARCH_DB = 4.0
 
 
 def _order_for(rate_hz: int, order: int) -> int:
@@ -52,14 +65,14 @@ def _typical_peak(values: np.ndarray, rate_hz: int) -> np.ndarray:
 
 
 def _pitch_compensated(values: np.ndarray, rate_hz: int, block: int) -> np.ndarray:
-    """|values| with the voiced pitch-pulse train taken out. (n,) -> (n,).
+    """values with the voiced pitch-pulse train taken out (signed). (n,) -> (n,).
 
     Voiced speech leaves one peak per glottal pulse in the prediction error;
     each is predictable from the pulse one period earlier (or later), while a
     click is not. Per block, the period T and gain b come from the error's own
-    autocorrelation; the result is the smaller of |v(t) - b v(t-T+j)| and
-    |v(t) - b v(t+T+j)| over a +-2 sample jitter j, so that a click neither
-    cancels nor leaves a ghost one period later.
+    autocorrelation; the result is whichever of v(t) - b v(t-T+j) and
+    v(t) - b v(t+T+j) is smallest in magnitude over a +-2 sample jitter j,
+    so that a click neither cancels nor leaves a ghost one period later.
     """
     n = values.size
     blocks = -(-n // block)
@@ -74,15 +87,56 @@ def _pitch_compensated(values: np.ndarray, rate_hz: int, block: int) -> np.ndarr
     gain[gain < 0.3] = 0.0  # unvoiced: nothing periodic to take out
     lag_t = np.repeat(lag, block)[:n]
     gain_t = np.repeat(gain, block)[:n]
-    t = np.arange(n)
-    best_back = np.full(n, np.inf)
-    best_ahead = np.full(n, np.inf)
-    for j in range(-2, 3):
-        back = np.clip(t - lag_t + j, 0, n - 1)
-        ahead = np.clip(t + lag_t + j, 0, n - 1)
-        best_back = np.minimum(best_back, np.abs(values - gain_t * values[back]))
-        best_ahead = np.minimum(best_ahead, np.abs(values - gain_t * values[ahead]))
-    return np.minimum(best_back, best_ahead)
+    # In-place updates: this loop is the stage's hottest spot.
+    base = np.arange(n) - lag_t
+    best = np.full(n, np.inf)
+    signed = values.copy()
+    index = np.empty(n, dtype=np.intp)
+    candidate = np.empty(n)
+    size = np.empty(n)
+    better = np.empty(n, dtype=bool)
+    for offset in (0, 2):  # one period back, then one period ahead
+        for j in range(-2, 3):
+            np.add(base, offset * lag_t + j, out=index)
+            np.clip(index, 0, n - 1, out=index)
+            np.multiply(gain_t, values[index], out=candidate)
+            np.subtract(values, candidate, out=candidate)
+            np.abs(candidate, out=size)
+            np.less(size, best, out=better)
+            np.copyto(best, size, where=better)
+            np.copyto(signed, candidate, where=better)
+    return signed
+
+
+def _width_statistic(matched: np.ndarray, coefs: np.ndarray, block: int, widths: int) -> list[np.ndarray]:
+    """Evidence for a one-signed pulse of w = 1 .. ``widths`` samples starting at each sample.
+
+    matched: signed matched error (n,); returns one (n,) array per width.
+    A pulse of w equal samples at t adds C 1_w to the prediction error, C
+    holding shifted copies of c = [1, -a1, ..., -ap]; correlating the error
+    with that pattern gives 1_w^T m_w (m the matched error), whose noise
+    level is sqrt(1_w^T R_w 1_w), R_w the Toeplitz autocorrelation of c.
+    Each width's statistic is scaled to the noise level of the one-sample
+    one (|matched|, w = 1). Full-band 48 kHz recordings
+    have an empty band above their anti-alias roll-off where the whitening
+    filter's gain is highest, and a pulse of even width has a null there,
+    so the one-sample statistic alone misses many two- and four-sample clicks.
+    """
+    n = matched.size
+    blocks = coefs.shape[0]
+    taps = np.concatenate([np.ones((blocks, 1)), -coefs], axis=1)
+    r = np.stack([np.einsum("bi,bi->b", taps[:, : taps.shape[1] - k], taps[:, k:]) for k in range(widths)], axis=1)
+    total = blocks * block
+    padded = np.concatenate([matched, np.zeros(widths - 1 + max(0, total - n))])
+    stats = [np.abs(matched)]
+    running = padded.copy()
+    for w in range(2, widths + 1):
+        running[: padded.size - w + 1] += padded[w - 1 :]  # running[t] = sum of m[t..t+w-1]
+        lags = np.abs(np.subtract.outer(np.arange(w), np.arange(w)))
+        noise = np.sqrt(np.maximum(r[:, lags].sum(axis=(1, 2)), 1e-30))  # (blocks,)
+        scale = np.repeat(np.sqrt(r[:, 0]) / noise, block)[:n]
+        stats.append(np.abs(running[:n]) * scale)
+    return stats
 
 
 def find_clicks(
@@ -97,11 +151,13 @@ def find_clicks(
 ) -> list[tuple[int, int]]:
     """Click regions as [start, stop) sample ranges of one channel x: (n,) float64.
 
-    A sample is a click candidate when the matched prediction error there is
+    A sample is a click candidate when, for a pulse of some width from 1 to
+    4 samples starting there, the matched prediction error is
     ``threshold_db`` above its robust level in the block and ``peak_ratio_db``
     above its typical peak over +-100 ms, and the prediction error itself is
     no more than ``-min_relative_db`` below the signal's local RMS (so that
     faint ticks buried in loud speech, which nobody hears, are left alone).
+    An impulse whose corrupted core is at most 100 us long needs 8 dB less.
     """
     n = x.size
     p = _order_for(rate_hz, order)
@@ -112,14 +168,21 @@ def find_clicks(
         coefs = block_ar(x, p, block)
     error = prediction_error(x, coefs, block)
     error[:p] = 0.0  # the predictor has no past there
-    matched = _pitch_compensated(matched_error(error, coefs, block), rate_hz, block)
+    compensated = _pitch_compensated(matched_error(error, coefs, block), rate_hz, block)
     local_rms = np.sqrt(np.maximum(ndimage.uniform_filter1d(x * x, int(_PEAK_HOP_S * rate_hz) | 1), 0) + 1e-20)
     big_error = ndimage.maximum_filter1d(np.abs(error), 7) >= local_rms * 10 ** (min_relative_db / 20)
-    gate = np.maximum(
-        _robust_level(matched, block) * 10 ** (threshold_db / 20),
-        _typical_peak(matched, rate_hz) * 10 ** (peak_ratio_db / 20),
-    )
-    hits = np.flatnonzero((matched > gate) & big_error)
+    # Each pulse width against its own levels: the wider the pulse, the more
+    # of the speech's own low-frequency error its statistic collects.
+    matched = np.zeros(n)  # statistic over its gate, best width
+    for stat in _width_statistic(compensated, coefs, block, _WIDTHS):
+        gate = np.maximum(
+            _robust_level(stat, block) * 10 ** ((threshold_db + _SEARCH_DB) / 20),
+            _typical_peak(stat, rate_hz) * 10 ** (peak_ratio_db / 20),
+        )
+        matched = np.maximum(matched, stat / gate)
+    # An impulse that corrupts only a few samples is a click far more often
+    # than a broader event is, so it may clear a lower bar (see below).
+    hits = np.flatnonzero((matched > 10 ** (-_SHORT_DB / 20)) & big_error)
     if hits.size == 0:
         return []
     # Group hits closer than half the predictor order (one click lights up
@@ -134,6 +197,7 @@ def find_clicks(
     regions = []
     pad = 2
     longest = int(max_click_ms * 1e-3 * rate_hz)
+    short = max(1, round(_SHORT_S * rate_hz))
     for group in np.split(hits, breaks):
         # The corrupted samples sit around the matched error's peak; a voiced
         # pulse further off can light up ``core`` too, so look only near it.
@@ -144,6 +208,10 @@ def find_clicks(
             start, stop = lo + int(inside[0]) - pad, lo + int(inside[-1]) + 1 + pad
         else:
             start, stop = peak - 2 * pad, peak + 1 + 2 * pad
+        if matched[peak] <= 1.0 and not (inside.size and inside[-1] - inside[0] < short):
+            # Under the full threshold only a short corrupted core counts:
+            # mouth noise and onsets corrupt many samples when they trip it.
+            continue
         if stop - start > longest:
             # A long burst is not a click (a plosive, a door); leave it be.
             continue
