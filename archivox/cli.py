@@ -80,6 +80,9 @@ def cmd_run(args) -> int:
     root = Path(args.root) if args.root else manifest.resolve().parent
     out = Path(args.out)
     catalog = Path(args.catalog) if args.catalog else out / "catalog"
+    if out.resolve() == root.resolve():
+        # Checked before Prefect's folder is created under OUT, which would land in the archive.
+        raise ArchivoxError(f"--out {out} is the archive root; choose an output folder outside the archive")
     options = _run_options(args)
     _prepare_prefect(out / ".prefect", args.verbose)
     from archivox.flows.archive_run import run_archive

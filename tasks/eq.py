@@ -46,9 +46,8 @@ def _welch(audio: np.ndarray, sample_rate_hz: int) -> tuple[np.ndarray, np.ndarr
     return signal.welch(mono, fs=sample_rate_hz, nperseg=min(8192, mono.size))
 
 
-def band_energy_db(audio: np.ndarray, sample_rate_hz: int, low_hz: float, high_hz: float) -> float:
-    """Energy in [low_hz, high_hz) relative to the total, from a Welch spectrum of the mixdown."""
-    spectrum = _welch(audio, sample_rate_hz)
+def band_energy_db(spectrum: tuple[np.ndarray, np.ndarray] | None, low_hz: float, high_hz: float) -> float:
+    """Energy in [low_hz, high_hz) relative to the total, from a Welch spectrum ``(freqs, psd)``."""
     if spectrum is None:
         return float("-inf")
     freqs, psd = spectrum
@@ -56,9 +55,8 @@ def band_energy_db(audio: np.ndarray, sample_rate_hz: int, low_hz: float, high_h
     return float(10 * np.log10(psd[band].sum() / (psd.sum() + 1e-30) + 1e-30))
 
 
-def band_density_db(audio: np.ndarray, sample_rate_hz: int, low_hz: float, high_hz: float) -> float:
+def band_density_db(spectrum: tuple[np.ndarray, np.ndarray] | None, low_hz: float, high_hz: float) -> float:
     """Mean spectral density in [low_hz, high_hz) relative to that of the speech core, 0.5-4 kHz."""
-    spectrum = _welch(audio, sample_rate_hz)
     if spectrum is None:
         return float("-inf")
     freqs, psd = spectrum
@@ -92,11 +90,12 @@ class SpeechEQ(Stage):
         check_range("shelf_gain_db", self.shelf_gain_db, -6.0, 6.0)
 
     def detect(self, audio: np.ndarray, sample_rate_hz: int) -> dict[str, Any]:
-        rumble = band_energy_db(audio, sample_rate_hz, 0.0, self.highpass_hz) if self.highpass_hz else float("-inf")
+        spectrum = _welch(audio, sample_rate_hz)  # one spectrum for both measures
+        rumble = band_energy_db(spectrum, 0.0, self.highpass_hz) if self.highpass_hz else float("-inf")
         air = float("-inf")
         if self.shelf_hz < 0.45 * sample_rate_hz:
             # From a little above the corner, clear of a resampler's transition band.
-            air = band_density_db(audio, sample_rate_hz, 1.15 * self.shelf_hz, min(1.5 * self.shelf_hz, 0.45 * sample_rate_hz))
+            air = band_density_db(spectrum, 1.15 * self.shelf_hz, min(1.5 * self.shelf_hz, 0.45 * sample_rate_hz))
         return {"rumble_db": round(rumble, 2), "air_db": round(air, 2)}
 
     def repair(self, audio: np.ndarray, sample_rate_hz: int, findings: Mapping[str, Any]) -> StageOutput:

@@ -163,8 +163,6 @@ def prepare(
         plan.sha256 = sha256_file(source)
         restored, sidecar_base = output_paths(out, item.path)
         plan.restored_path, plan.sidecar_base = str(restored), str(sidecar_base)
-        if restored.resolve() == source or Path(os.path.realpath(out)) == Path(os.path.realpath(root)):
-            raise BadInputError(f"output {restored} would overwrite the original; choose an --out folder outside the archive")
         if not force and previous is not None:
             same = (
                 previous["sha256"] == plan.sha256

@@ -140,3 +140,9 @@ def test_changed_files_and_config_are_redone_and_cli_reports(prefect_harness, de
 
     assert main(["status", "--catalog", str(out / "catalog")]) == 1
     assert "8 items: 5 ok, 3 failed" in capsys.readouterr().out
+
+
+def test_the_archive_root_is_refused_as_output(prefect_harness, demo_archive, capsys):
+    args = ["run", str(demo_archive.manifest), "--root", str(demo_archive.root), "--out", str(demo_archive.root)]
+    assert main(args) == 2
+    assert "is the archive root" in capsys.readouterr().err
