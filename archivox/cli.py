@@ -8,6 +8,7 @@ keeps its SQLite database beside its outputs, not in the project).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -163,12 +164,11 @@ def cmd_restore(args) -> int:
 
 
 def cmd_transcribe(args) -> int:
-    from archivox.tasks.exports import write_sidecars
-    from archivox.tasks.transcribe import TranscribeOptions, transcribe_item
-
     import tempfile
 
+    from archivox.tasks.exports import write_sidecars
     from archivox.tasks.pipeline import write_wav
+    from archivox.tasks.transcribe import TranscribeOptions, transcribe_item
 
     source = Path(args.input)
     options = TranscribeOptions(model=args.model, language=args.language, device=args.device)
@@ -193,16 +193,21 @@ def cmd_search(args) -> int:
     from archivox.catalog.search import search
     from archivox.catalog.store import Catalog
 
-    hits = search(Catalog(Path(args.catalog)), args.query, limit=args.limit)
+    hits = search(Catalog(Path(args.catalog)), args.query, limit=args.limit,
+                  collection=args.collection, language=args.language)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(hit) for hit in hits], indent=2))
+        return 0 if hits else 1
     if not hits:
         console.print(f"no transcript segment matches {args.query!r}")
         return 1
     table = Table(title=f"search: {args.query}")
-    for column in ("item", "path", "time", "text", "score"):
+    for column in ("item", "path", "time", "text", "score", "flags"):
         table.add_column(column, overflow="fold")
     for hit in hits:
         at = hit.phrase_start_s if hit.phrase_start_s is not None else hit.start_s
-        table.add_row(hit.item_id, hit.path, _clock(at), hit.text, f"{hit.score:.2f}")
+        score = "phrase" if hit.score >= 2.0 else f"{hit.score:.2f}"
+        table.add_row(hit.item_id, hit.path, _clock(at), hit.text, score, ", ".join(hit.flags))
     console.print(table)
     return 0
 
@@ -329,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("--catalog", required=True)
     search.add_argument("--limit", type=int, default=20)
+    search.add_argument("--collection", help="only items of this manifest collection")
+    search.add_argument("--language", help="only segments in this language (code, e.g. en)")
+    search.add_argument("--json", action="store_true", help="print the hits as JSON (for scripts)")
     search.set_defaults(handler=cmd_search)
 
     status = sub.add_parser("status", help="what a catalog holds: items by status, failures, runs")

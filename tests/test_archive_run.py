@@ -7,18 +7,19 @@ manifest row that points outside the root.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import soundfile as sf
-
 from archivox.catalog.search import search
 from archivox.catalog.store import Catalog
-from archivox.cli import main
-from archivox.config import RunOptions
 from archivox.tasks.chain import STAGE_ORDER
 from archivox.tasks.fixity import sha256_file
+
+from archivox.cli import main
+from archivox.config import RunOptions
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +106,15 @@ def test_search_finds_a_spoken_phrase_with_its_time(first_run, demo_archive):
     assert best.path == "interviews/smith_1962.wav"
     smith = demo_archive.item("interviews/smith_1962.wav")
     assert 0.0 <= best.phrase_start_s < smith.duration_s
+
+
+def test_search_cli_prints_json_for_scripts(first_run, capsys):
+    capsys.readouterr()
+    assert main(["search", "shining over the old", "--catalog", str(first_run["catalog"].root), "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["path"] == "interviews/smith_1962.wav" and hits[0]["score"] == 2.0
+    assert main(["search", "shining over the old", "--catalog", str(first_run["catalog"].root),
+                 "--collection", "no-such-collection"]) == 1
 
 
 def test_a_second_run_does_no_work(first_run, demo_archive):

@@ -9,25 +9,39 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from archivox.catalog.schema import DATASETS
 from archivox.catalog.search import search
 from archivox.catalog.store import Catalog, utc_now
+
 from archivox.errors import ConfigError
 from archivox.fsutil import atomic_path
 
 
-def _item(catalog: Catalog, item_id: str, text: str, run_id: str = "r1", status: str = "ok", age_s: float = 0.0) -> None:
-    words = [
-        {"run_id": run_id, "item_id": item_id, "segment_index": 0, "word_index": i, "start_s": 10.0 + i, "end_s": 10.5 + i, "word": " " + w}
-        for i, w in enumerate(text.split())
-    ]
+def _item(
+    catalog: Catalog,
+    item_id: str,
+    text: str | list[str],
+    run_id: str = "r1",
+    status: str = "ok",
+    age_s: float = 0.0,
+    collection: str = "",
+    language: str = "en",
+    flags: list[str] | None = None,
+) -> None:
+    """One item whose transcript is ``text`` (a list: one segment each), one word a second from 10 s."""
+    segments, words, t = [], [], 10.0
+    for index, segment_text in enumerate([text] if isinstance(text, str) else text):
+        start = t
+        for i, w in enumerate(segment_text.split()):
+            words.append({"run_id": run_id, "item_id": item_id, "segment_index": index, "word_index": i,
+                          "start_s": t, "end_s": t + 0.5, "word": " " + w})
+            t += 1.0
+        segments.append({"run_id": run_id, "item_id": item_id, "segment_index": index, "start_s": start, "end_s": t,
+                         "text": segment_text, "avg_logprob": -0.3, "flags": flags or [], "language": language})
     catalog.write_item(
-        {"run_id": run_id, "item_id": item_id, "path": f"{item_id}.wav", "status": status, "finished_at": utc_now() - timedelta(seconds=age_s)},
-        {
-            "segments": [{"run_id": run_id, "item_id": item_id, "segment_index": 0, "start_s": 10.0, "end_s": 15.0, "text": text, "avg_logprob": -0.3, "flags": []}],
-            "words": words,
-        },
+        {"run_id": run_id, "item_id": item_id, "path": f"{item_id}.wav", "status": status, "collection": collection,
+         "finished_at": utc_now() - timedelta(seconds=age_s)},
+        {"segments": segments, "words": words},
     )
 
 
@@ -59,10 +73,9 @@ def test_a_crash_mid_write_leaves_nothing_visible(tmp_path):
     catalog = Catalog(tmp_path)
     _item(catalog, "kept", "hello")
     destination = tmp_path / "items" / "part-crash.parquet"
-    with pytest.raises(RuntimeError):
-        with atomic_path(destination) as temporary:
-            temporary.write_bytes(b"PAR1 half a file")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(destination) as temporary:
+        temporary.write_bytes(b"PAR1 half a file")
+        raise RuntimeError("killed")
     assert not destination.exists()
     assert list((tmp_path / "items").glob(".*")) == []
     assert list(catalog.read("items")["item_id"]) == ["kept"]
@@ -123,3 +136,39 @@ def test_search_ranks_phrases_first_and_uses_the_latest_ok_run(tmp_path):
     assert hits[0].score > hits[1].score
     assert hits[0].phrase_start_s == pytest.approx(11.0)  # "harbour" is the second word
     assert search(catalog, "zebra") == [] and search(catalog, "  ") == []
+
+
+def test_search_finds_a_phrase_split_over_two_segments_at_its_first_word(tmp_path):
+    catalog = Catalog(tmp_path)
+    _item(catalog, "tape7", ["we walked down to the old", "mill by the river that morning"])
+    hits = search(catalog, "the old mill by the river")
+    assert hits[0].item_id == "tape7" and hits[0].score == 2.0
+    assert hits[0].phrase_start_s == pytest.approx(14.0)  # "the" is the fifth word of the first segment
+    assert hits[0].start_s == pytest.approx(10.0)  # reported against the segment where the phrase starts
+
+
+def test_search_scores_partial_matches_on_content_words_not_stop_words(tmp_path):
+    catalog = Catalog(tmp_path)
+    _item(catalog, "chatter", "and then the rest of the day was the same")
+    _item(catalog, "topic", "a letter about the harbour was read aloud")
+    hits = search(catalog, "the story of the harbour")
+    # "the" and "of" are in both segments; only "harbour" (a content word) makes a hit.
+    assert [h.item_id for h in hits] == ["topic"]
+    assert hits[0].score == pytest.approx(0.5)  # harbour, not story
+    assert hits[0].phrase_start_s == pytest.approx(14.0)
+    # A query made only of stop words is its own content.
+    stop_only = search(catalog, "of the")
+    assert [(h.item_id, h.score) for h in stop_only] == [("chatter", 2.0), ("topic", 0.5)]
+
+
+def test_search_narrows_by_collection_and_language_and_shows_flags(tmp_path):
+    catalog = Catalog(tmp_path)
+    _item(catalog, "oral1", "the harbour lights", collection="oral", language="en")
+    _item(catalog, "press1", "the harbour lights", collection="press", language="en", flags=["text_in_silence"])
+    _item(catalog, "cy1", "goleuadau'r harbour lights", collection="oral", language="cy")
+    assert sorted(h.item_id for h in search(catalog, "harbour lights")) == ["cy1", "oral1", "press1"]
+    assert sorted(h.item_id for h in search(catalog, "harbour lights", collection="oral")) == ["cy1", "oral1"]
+    assert [h.item_id for h in search(catalog, "harbour lights", collection="oral", language="cy")] == ["cy1"]
+    flagged = search(catalog, "harbour lights", collection="press")
+    assert flagged[0].flags == ("text_in_silence",)  # flagged text is shown with its flag, never hidden
+    assert search(catalog, "harbour", collection="nowhere") == []
