@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from signals import clicks, corpus_dir, hum  # noqa: E402
 
 from archivox.tasks.transcribe import (  # noqa: E402
-    TranscribeOptions, choose, observation_mix, to_whisper_input, transcribe_candidates,
+    TranscribeOptions, Transcript, choose, observation_mix, to_whisper_input, transcribe_candidates,
 )
 
 RATE_HZ = 48_000
@@ -56,6 +56,15 @@ CONDITIONS = {
     "noise 5 dB+hum+clicks": (5.0, 10.0, 4.0, None),
 }
 VIEWS = ["raw", "dsp", "denoised", "mix"]
+
+
+def pick_rows(rows: list, n: int, holdout_of: int = 0) -> list:
+    """``n`` rows spread evenly over ``rows``; with ``holdout_of``, only from the rows a pick of that many leaves out."""
+    if holdout_of:
+        taken = set(np.linspace(0, len(rows) - 1, min(holdout_of, len(rows))).round().astype(int).tolist())
+        rows = [r for i, r in enumerate(rows) if i not in taken]
+    pick = np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int)
+    return [rows[i] for i in pick]
 
 
 def load(path: Path, rate_hz: int = RATE_HZ) -> np.ndarray:
@@ -98,24 +107,39 @@ def degrade(speech: np.ndarray, condition: str, noise: np.ndarray, seed: int) ->
     return np.clip(out, -1.0, 1.0)
 
 
-def restoration():
-    """(dsp_chain, full_chain, description) from the stages this checkout has."""
-    from archivox.tasks.chain import available_stages, build_chain
+def restore_item(degraded: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(pre_denoise, denoised, restored, stage names), each mono ``(samples,)`` at RATE_HZ.
 
-    have = available_stages()
-    dsp = [s for s in ("dc", "declick", "dehum", "declip") if s in have]
-    full = dsp + [s for s in ("denoise", "loudness") if s in have]
-    params = {"denoise": {"dnsmos": False}} if "denoise" in have else {}
-    dsp_chain = build_chain(dsp, params, device="auto") if dsp else None
-    full_chain = build_chain(full, params, device="auto")
-    if "denoise" not in have:
+    Made the way archivox's pipeline makes them (``tasks.pipeline.restore``
+    with default run options): the item is diagnosed, the ``auto`` preset
+    picks the stages worth running and their settings, and the audio entering
+    the denoise stage and the first finishing stage (EQ) is kept. Only DNSMOS
+    scoring (metrics, not audio) is switched off, for speed. ``denoised`` is
+    what ``tasks.transcribe.denoise_for_asr`` makes from ``pre_denoise``
+    (the same stage, run once here instead of twice).
+    """
+    from archivox.config import RunOptions
+    from archivox.tasks.chain import build_chain
+    from archivox.tasks.pipeline import plan_stages
+
+    audio = degraded[None, :]
+    _, names, params = plan_stages(audio, RATE_HZ, RunOptions())
+    if "denoise" not in names:
         raise SystemExit("this checkout has no denoise stage; the bench needs one")
-    return dsp_chain, full_chain, dsp, full
+    params = {**params, "denoise": {**params.get("denoise", {}), "dnsmos": False}}
+    chain = build_chain(names, params, device="auto")
+    after = names[names.index("denoise") + 1 :]
+    result = chain(audio, RATE_HZ, keep_before=["denoise", *after[:1]])
+    denoised = result.before[after[0]] if after else result.audio
+    return result.before["denoise"][0], denoised[0], result.audio[0], names
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=24, help="utterances per condition")
+    ap.add_argument("--holdout-of", type=int, default=0,
+                    help="pick the --n utterances among those that a run with --n HOLDOUT_OF does not use "
+                         "(a tuning set disjoint from the reported one)")
     ap.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated condition names")
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--device", default="auto")
@@ -140,14 +164,12 @@ def main() -> None:
         (r for r in csv.DictReader(open(corpus / "manifest.csv")) if r["category"] == "speech_clean" and r["transcript"].strip()),
         key=lambda r: r["path"],
     )
-    pick = np.linspace(0, len(rows) - 1, min(args.n, len(rows))).round().astype(int)
-    rows = [rows[i] for i in pick]
+    rows = pick_rows(rows, args.n, args.holdout_of)
     noises = [load(corpus / "noise" / name) for name in NOISES]
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     fractions = [float(f) for f in args.mix_fractions.split(",")]
     options = TranscribeOptions(model=args.model, device=args.device)
-    all_views = ["raw", "dsp", "denoised"] + [f"mix{f:g}" for f in fractions]
-    dsp_chain, full_chain, dsp_names, full_names = restoration()
+    all_views = ["raw", "dsp", "restored", "denoised"] + [f"mix{f:g}" for f in fractions]
 
     def wer(refs, hyps):
         refs_n = [norm(r) for r in refs]
@@ -165,17 +187,19 @@ def main() -> None:
     clean_wer = wer(refs, clean_hyps)
     print(f"{len(rows)} utterances, {audio_s:.0f} s; clean WER {clean_wer:.1f} %  ({asr_seconds:.1f} s)", flush=True)
 
-    view_of = {"mix": f"mix{options.mix_fraction:g}", "pre_denoise": "dsp", "restored": "denoised", "original": "raw"}
+    view_of = {"mix": f"mix{options.mix_fraction:g}", "pre_denoise": "dsp", "restored": "restored",
+               "denoised": "denoised", "original": "raw"}
     policies = {
-        "mix+dsp": ("mix", "pre_denoise"),
-        "mix+denoised": ("mix", "restored"),
-        "denoised+dsp": ("restored", "pre_denoise"),
-        "mix+dsp+denoised": ("mix", "pre_denoise", "restored"),
-        "all four": ("mix", "pre_denoise", "restored", "original"),
+        "restored+dsp": ("restored", "pre_denoise"),
+        "denoised+mix": ("denoised", "mix"),
+        "denoised+dsp+restored": ("denoised", "pre_denoise", "restored"),
+        "denoised+dsp+mix": ("denoised", "pre_denoise", "mix"),
+        "denoised+dsp+raw": ("denoised", "pre_denoise", "original"),
     }
     table = []
     policy_rows = []
     timing = {"restore_s": 0.0, "decode_views_s": 0.0, "views_decoded": 0}
+    stages_run: dict[str, dict[str, int]] = {}
     cache = args.cache / args.model.replace("/", "_") if args.cache else None
     for cond in conditions:
         hyps = {v: [] for v in all_views}
@@ -183,15 +207,14 @@ def main() -> None:
         default_hyps = []
         winners: dict[str, int] = {}
         for i, (s, row) in enumerate(zip(speech, rows)):
-            results = _cached(cache, cond, row, all_views)
+            results = _cached(cache, cond, row, all_views + ["stages"])
             if results is None:
                 degraded = degrade(s, cond, noises[i % len(noises)], seed=1000 + i)
                 t = time.perf_counter()
-                pre = dsp_chain(degraded[None, :]).audio[0] if dsp_chain else degraded
-                restored = full_chain(degraded[None, :]).audio[0]
+                pre, denoised, restored, names = restore_item(degraded)
                 timing["restore_s"] += time.perf_counter() - t
-                raw16, pre16, rest16 = (to_whisper_input(x, RATE_HZ) for x in (degraded, pre, restored))
-                views = {"raw": raw16, "dsp": pre16, "denoised": rest16}
+                raw16, pre16, den16, rest16 = (to_whisper_input(x, RATE_HZ) for x in (degraded, pre, denoised, restored))
+                views = {"raw": raw16, "dsp": pre16, "restored": rest16, "denoised": den16}
                 for f in fractions:
                     views[f"mix{f:g}"] = observation_mix(rest16, pre16, f)
                 t = time.perf_counter()
@@ -202,7 +225,12 @@ def main() -> None:
                 }
                 timing["decode_views_s"] += time.perf_counter() - t
                 timing["views_decoded"] += len(results)
+                # The stages the diagnosis chose, kept with the decodes (as an empty transcript's evidence).
+                results["stages"] = Transcript([], "en", 1.0, 0.0, "", "", evidence={"stages": names})
                 _store(cache, cond, row, results)
+            for name in results["stages"].evidence["stages"]:
+                stages_run.setdefault(cond, {}).setdefault(name, 0)
+                stages_run[cond][name] += 1
             for v in all_views:
                 hyps[v].append(results[v].text())
             for name, cands in list(policies.items()) + [("default", options.candidates)]:
@@ -216,12 +244,12 @@ def main() -> None:
         policy_rows.append((cond, {k: wer(refs, v) for k, v in chosen.items()}))
         print(cond, {k: round(v, 1) for k, v in w.items()}, winners, flush=True)
 
-    lines = _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timing, dsp_names, full_names,
+    lines = _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timing, stages_run,
                     asr_seconds, options)
     if args.flag_minutes > 0:
         lines += _flag_rate(corpus, args.flag_minutes, options)
     if args.speed:
-        lines += _speed(corpus, rows, speech, noises, options, full_chain, norm)
+        lines += _speed(corpus, rows, speech, noises, options, norm)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
@@ -278,9 +306,17 @@ def _flag_rate(corpus: Path, minutes: float, options: TranscribeOptions) -> list
     ]
 
 
-def _speed(corpus, rows, speech, noises, options, full_chain, norm) -> list[str]:
-    """Wall-clock speed of the default policy per item, and of batched against sequential decoding."""
+def _speed(corpus, rows, speech, noises, options, norm) -> list[str]:
+    """Wall-clock speed of the default policy per item, and of batched against sequential decoding.
+
+    The default policy is timed the way the pipeline runs it: from the
+    restored and pre-denoise files, so that views made at transcription
+    time (``denoised``) are made and timed too.
+    """
+    import tempfile
+
     import jiwer
+    import soundfile as sf
 
     from archivox.models.whisper import load_whisper
 
@@ -288,19 +324,21 @@ def _speed(corpus, rows, speech, noises, options, full_chain, norm) -> list[str]
     n = min(6, len(speech))
     restore_s = decode_s = single_s = 0.0
     audio_s = 0.0
+    work = Path(tempfile.mkdtemp(prefix="archivox-bench-speed-"))
     for i in range(n):
         degraded = degrade(speech[i], "noise 5 dB", noises[i % len(noises)], seed=1000 + i)
         audio_s += degraded.size / RATE_HZ
         t = time.perf_counter()
-        restored = full_chain(degraded[None, :]).audio[0]
+        pre, _, restored, _ = restore_item(degraded)
         restore_s += time.perf_counter() - t
-        rest16 = to_whisper_input(restored, RATE_HZ)
-        pre16 = to_whisper_input(degraded, RATE_HZ)
+        files = {"restored": work / "restored.flac", "pre_denoise": work / "pre_denoise.wav"}
+        sf.write(str(files["restored"]), restored, RATE_HZ)
+        sf.write(str(files["pre_denoise"]), pre, RATE_HZ, subtype="FLOAT")
         t = time.perf_counter()
-        transcribe_candidates({"restored": rest16, "pre_denoise": pre16}, options)
+        transcribe_candidates(files, options)
         decode_s += time.perf_counter() - t
         t = time.perf_counter()
-        transcribe_candidates({"restored": rest16}, replace(options, asr_input="restored"))
+        transcribe_candidates(files, replace(options, asr_input="restored"))
         single_s += time.perf_counter() - t
     # A long item (utterances joined) decoded sequentially and batched.
     long_rows = [r for r in rows][:12]
@@ -354,7 +392,7 @@ def _copy(tr):
     return Transcript.from_dict(tr.to_dict())
 
 
-def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timing, dsp_names, full_names,
+def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timing, stages_run,
             asr_seconds, options):
     from archivox.models.whisper import load_whisper
 
@@ -363,15 +401,25 @@ def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timin
         f"# Transcription WER, {args.model} ({h.device}, {h.compute_type}), {time.strftime('%Y-%m-%d')}",
         "",
         f"Machine: {platform.node()}, {platform.processor() or platform.machine()}, Python {platform.python_version()}.",
-        f"Command: `python bench/transcribe.py --n {args.n} --mix-fractions {args.mix_fractions}`",
+        f"Command: `python bench/transcribe.py --n {args.n}"
+        + (f" --holdout-of {args.holdout_of}" if args.holdout_of else "")
+        + f" --mix-fractions {args.mix_fractions}`",
         "",
         f"{len(rows)} corpus read-speech utterances ({audio_s:.0f} s, {len(set(r['source_repo'] for r in rows))} sources), "
         f"each degraded per condition with a corpus noise clip (cycled over {len(NOISES)}), 50 Hz hum with harmonics, "
         "clicks and white hiss at the SNRs named. WER in % (jiwer, Whisper's English normaliser), all utterances pooled.",
-        f"DSP stages: {', '.join(dsp_names) or 'none'}; restored chain: {', '.join(full_names)} (denoise wet_mix at its default).",
-        f"`mixF`: observation adding, (1-F) x restored (level-matched) + F x DSP-only. `archivox`: `transcribe_item` default "
-        f"policy (candidates {', '.join(options.candidates)}, mix fraction {options.mix_fraction}, best evidence kept: "
+        "Restoration as the pipeline runs it (default run options: diagnosis, `auto` preset, the stages it picks, "
+        "DNSMOS off). Views: `raw` the degraded input; `dsp` the chain's audio entering the denoise stage "
+        "(pre_denoise); `restored` the chain's output (after EQ and loudness); `denoised` the audio leaving the "
+        "denoise stage (before EQ and loudness); `mixF` observation adding, (1-F) x restored (level-matched) + "
+        "F x dsp. Every view, `raw` included, is decoded with the same model and options "
+        f"(beam {options.beam_size}, VAD {'on' if options.vad else 'off'}, word timestamps "
+        f"{'on' if options.word_timestamps else 'off'}, faster-whisper's default temperature fallback).",
+        f"`archivox`: `transcribe_item`'s default policy (candidates {', '.join(options.candidates)}; best evidence kept: "
         "confidence plus agreement between candidates).",
+        "Stages the diagnosis chose, per condition (items): "
+        + "; ".join(f"{c}: " + ", ".join(f"{k} {v}" for k, v in sorted(st.items()) if k not in ("denoise", "eq", "loudness"))
+                    for c, st in stages_run.items()) + ".",
         "",
         f"Clean speech WER: **{clean_wer:.1f} %**",
         "",

@@ -7,6 +7,11 @@ transcript is decoded from an ASR view of the item rather than from what a
 listener gets:
 
 - ``restored``: the chain's final output.
+- ``denoised``: the chain's audio right after denoising, before EQ and
+  loudness: the loudness stage's gain and peak limiting change the waveform
+  far more than the level suggests, and cost recognition (bench/transcribe.py).
+  Taken from the item's "denoised" source when the pipeline wrote one, else
+  made here by running the denoise stage (default settings) on "pre_denoise".
 - ``pre_denoise``: the chain's audio right before denoising (DSP repairs only).
 - ``mix``: observation adding: the denoised audio, brought to the level of the
   pre-denoise audio, with a fraction of the pre-denoise audio added back.
@@ -37,7 +42,7 @@ from archivox.errors import ConfigError, MediaError
 from archivox.tasks.chain import check_range
 
 WHISPER_RATE_HZ = 16_000
-VIEWS: tuple[str, ...] = ("mix", "pre_denoise", "restored", "original")
+VIEWS: tuple[str, ...] = ("denoised", "mix", "pre_denoise", "restored", "original")
 ASR_INPUTS: tuple[str, ...] = ("auto",) + VIEWS
 # Flags that say "this text is probably not in the audio"; they count against
 # a candidate. low_logprob is left out: the log-probability is scored already.
@@ -73,11 +78,12 @@ class TranscribeOptions:
     fallback_model: str = "base"
     # Which audio the transcript is decoded from; see the module docstring.
     asr_input: str = "auto"
-    # Measured by bench/transcribe.py on two utterance sets: deciding between
-    # the restored audio (the denoise stage already adds 25 % of its input
-    # back) and the DSP-only audio was best or tied on both, while the extra
-    # "mix" view helped on one set and hurt on the other.
-    candidates: tuple[str, ...] = ("restored", "pre_denoise")
+    # Measured by bench/transcribe.py (a tuning set of 24 utterances, reported
+    # on 43 others): the denoiser's output before EQ and loudness (the
+    # denoise stage already keeps 25 % of its input) against the DSP-only
+    # audio. The restored file itself read worse than either, and word-level
+    # merging or a third view gained nothing that held across conditions.
+    candidates: tuple[str, ...] = ("denoised", "pre_denoise")
     # Share (0-1, in amplitude) of the pre-denoise audio in the "mix" view.
     mix_fraction: float = 0.3
     # Language detection: windows of this length are checked separately on
@@ -233,7 +239,10 @@ def asr_views(sources: Mapping[str, Path | np.ndarray], options: TranscribeOptio
 
     views: dict[str, np.ndarray] = {}
     for name in wanted:
-        if name == "mix":
+        if name == "denoised" and "denoised" not in sources:
+            if "pre_denoise" in sources:
+                views["denoised"] = denoise_for_asr(sources["pre_denoise"], options.device)
+        elif name == "mix":
             if "pre_denoise" in sources:
                 views["mix"] = observation_mix(get("restored"), get("pre_denoise"), options.mix_fraction)
         elif name in sources:
@@ -243,6 +252,31 @@ def asr_views(sources: Mapping[str, Path | np.ndarray], options: TranscribeOptio
         # audio then is the DSP-only view already.
         views["restored"] = get("restored")
     return views
+
+
+def denoise_for_asr(source: Path | np.ndarray, device: str = "auto", rate_hz: int = WHISPER_RATE_HZ) -> np.ndarray:
+    """The denoise stage (default settings) on an item's pre-denoise audio -> mono 16 kHz ``(samples,)``.
+
+    ``source``: a file, read at its own rate (the denoiser works at 48 kHz
+    and does better on the full band than on audio already cut to 8 kHz), or
+    an array ``(samples,)`` or ``(channels, samples)`` at ``rate_hz``. The channels are mixed down first:
+    Whisper hears the mix anyway, and one channel costs half of two.
+    """
+    from archivox.tasks.denoise import Denoise
+
+    if isinstance(source, np.ndarray):
+        audio = source if source.ndim == 1 else source.mean(axis=0)
+    else:
+        import soundfile as sf
+
+        try:
+            audio, rate_hz = sf.read(str(source), dtype="float32", always_2d=True)  # (samples, channels)
+        except (RuntimeError, sf.LibsndfileError) as exc:
+            raise MediaError(f"cannot read audio {source}: {exc}") from exc
+        audio = audio.mean(axis=1)
+    mono = np.asarray(audio, dtype=np.float32)[None, :]  # (1, samples)
+    out = Denoise(dnsmos=False, device=device)(mono, int(rate_hz)).audio
+    return to_whisper_input(out, int(rate_hz))
 
 
 # --- transcription -----------------------------------------------------------

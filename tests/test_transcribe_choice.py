@@ -9,7 +9,8 @@ from scipy.signal import istft, stft
 
 from archivox.errors import ConfigError
 from archivox.tasks.transcribe import (
-    Segment, TranscribeOptions, Transcript, choose, observation_mix, score, transcribe_candidates, transcribe_item,
+    Segment, TranscribeOptions, Transcript, asr_views, choose, observation_mix, score, transcribe_candidates,
+    transcribe_item,
 )
 from signals import si_sdr_db, white_noise, word_error_rate
 
@@ -124,3 +125,43 @@ def test_three_candidates_lean_towards_the_shared_reading():
     assert chosen.evidence["mean_agreement"]["restored"] < chosen.evidence["mean_agreement"]["mix"]
     # Without the agreement term, confidence alone would have picked the odd one out.
     assert choose({k: Transcript.from_dict(v.to_dict()) for k, v in results.items()}, agreement_weight=0.0).candidate == "restored"
+
+
+@pytest.mark.slow
+def test_denoised_view_is_made_from_pre_denoise_unless_the_item_has_one(tmp_path):
+    """The default policy decodes the denoiser's output before EQ and loudness, made here from the pre-denoise file."""
+    tts = pytest.importorskip("archivox.tts")
+    speech = 0.5 * tts.synthesize(TEXT, rate_hz=48_000).astype(np.float32)
+    pad = np.zeros(48_000, np.float32)  # 1 s of noise alone before and after the speech
+    clean = np.concatenate([pad, speech, pad])
+    noisy = clean + white_noise(clean.size / 48_000, level_db=-35.0, seed=3, rate_hz=48_000)[0]
+    files = {"pre_denoise": tmp_path / "pre_denoise.wav", "restored": tmp_path / "restored.wav"}
+    sf.write(str(files["pre_denoise"]), np.stack([noisy, noisy], axis=1), 48_000, subtype="FLOAT")  # stereo, 48 kHz
+    sf.write(str(files["restored"]), 0.3 * clean, 48_000, subtype="FLOAT")
+
+    options = TranscribeOptions(device="cpu")
+    assert options.candidates[0] == "denoised"
+    views = asr_views(files, options)
+    assert list(views) == list(options.candidates)
+    pre, den = views["pre_denoise"], views["denoised"]
+    assert den.shape == pre.shape and den.dtype == np.float32
+    lead = slice(1600, 14_400)  # 0.1-0.9 s: noise only
+
+    def level_db(x):
+        return 10 * np.log10(np.mean(x.astype(np.float64) ** 2))
+
+    # The stage's default wet mix keeps a quarter of its input: about 12 dB less noise at most.
+    assert 6.0 <= level_db(pre[lead]) - level_db(den[lead]) <= 13.0
+    # Speech keeps its level (no loudness stage in this view).
+    body = slice(20_000, pre.size - 20_000)
+    assert abs(level_db(den[body]) - level_db(pre[body])) < 1.5
+
+    # An item whose pipeline wrote the denoised audio is not denoised again.
+    given = {**files, "denoised": tmp_path / "denoised.wav"}
+    sf.write(str(given["denoised"]), 0.5 * noisy, 48_000, subtype="FLOAT")
+    assert np.allclose(asr_views(given, options)["denoised"], 0.5 * views["pre_denoise"], atol=1e-4)
+
+    # Decoded end to end: both views read the text, and the choice is recorded.
+    chosen, results = transcribe_candidates(files, options)
+    assert set(results) == {"denoised", "pre_denoise"} and chosen.candidate in results
+    assert word_error_rate(chosen.text(), TEXT) <= 0.3, chosen.text()
