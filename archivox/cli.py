@@ -50,6 +50,8 @@ def _run_options(args):
         params=_stage_params(args.set or []),
         channel_policy=args.channel_policy,
         residual=args.residual,
+        block_s=args.block_s,
+        long_s=args.long_s,
     )
     transcribe = TranscribeOptions(model=args.model, language=args.language)
     return RunOptions(
@@ -146,21 +148,44 @@ def cmd_restore(args) -> int:
         preset=args.preset,
         params=_stage_params(args.set or []),
         channel_policy=args.channel_policy,
+        block_s=args.block_s,
+        long_s=args.long_s,
     )
     options = RunOptions(restore=restore, device=args.device, transcribe_enabled=False)
     audio, rate_hz = _decode_input(source, args.channel_policy)
-    _, names, params = plan_stages(audio, rate_hz, options)
-    chain = build_chain(names, params, device=args.device)
-    result = chain(audio, rate_hz)
-    (write_wav if destination.suffix.lower() == ".wav" else write_flac)(destination, result.audio, rate_hz)
+    if restore.blocks().is_long(audio.shape[1], rate_hz) and destination.suffix.lower() != ".wav":
+        records = _restore_long_file(audio, rate_hz, destination, options)
+    else:
+        _, names, params = plan_stages(audio, rate_hz, options)
+        chain = build_chain(names, params, device=args.device)
+        result = chain(audio, rate_hz)
+        (write_wav if destination.suffix.lower() == ".wav" else write_flac)(destination, result.audio, rate_hz)
+        records = result.records
     table = Table(title=f"{source} -> {destination}")
     for column in ("stage", "seconds", "device", "metrics"):
         table.add_column(column, overflow="fold")
-    for record in result.records:
+    for record in records:
         shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in record.metrics.items() if not isinstance(v, (list, dict))}
         table.add_row(record.stage, f"{record.seconds:.2f}", record.device, json.dumps(shown, default=str)[:300])
     console.print(table)
     return 0
+
+
+def _restore_long_file(audio, rate_hz: int, destination: Path, options) -> list:
+    """A long input, block by block from a work file beside the output (see ``archivox.tasks.longform``)."""
+    import tempfile
+
+    from archivox.tasks.chain import build_chain
+    from archivox.tasks.longform import diagnose_excerpts, run_chain_from_file
+    from archivox.tasks.pipeline import stages_from_diagnosis, write_wav
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".archivox-", dir=destination.parent) as work:
+        decoded = Path(work) / "input.wav"
+        write_wav(decoded, audio, rate_hz)
+        names, params = stages_from_diagnosis(diagnose_excerpts(decoded), options)
+        chain = build_chain(names, params, device=options.device)
+        return run_chain_from_file(chain, decoded, destination, Path(work), options=options.restore.blocks()).records
 
 
 def cmd_transcribe(args) -> int:
@@ -277,6 +302,9 @@ def _add_restore_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel-policy", default="speech", choices=["mix", "left", "right", "speech"],
                         help="how to reduce stereo: mix, left, right, or the channel with more speech energy")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--long-s", type=float, default=300.0,
+                        help="inputs longer than this are restored block by block, in bounded memory (default 300)")
+    parser.add_argument("--block-s", type=float, default=120.0, help="block length for long inputs (default 120)")
 
 
 def build_parser() -> argparse.ArgumentParser:

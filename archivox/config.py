@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archivox.errors import ConfigError
-from archivox.tasks.chain import STAGE_ORDER, available_stages, check_range, parse_stage_list
+from archivox.tasks.chain import (
+    STAGE_ORDER,
+    available_stages,
+    check_range,
+    parse_stage_list,
+)
 from archivox.tasks.extract import CHANNEL_POLICIES
 from archivox.tasks.transcribe import TranscribeOptions
 
@@ -39,6 +44,10 @@ class RestoreOptions:
     channel_policy: str = "speech"
     audio_stream: int = 0
     residual: bool = False
+    # Items longer than long_s are restored block by block (block_s each) from
+    # disk, so that memory does not grow with the item's length.
+    block_s: float = 120.0
+    long_s: float = 300.0
 
     def __post_init__(self) -> None:
         self.stages = parse_stage_list(self.stages) if self.stages else []
@@ -48,6 +57,12 @@ class RestoreOptions:
         if unknown:
             raise ConfigError(f"params name unknown stage(s) {sorted(unknown)}; valid stages are {', '.join(STAGE_ORDER)}")
         check_range("audio_stream", self.audio_stream, 0, 64)
+        self.blocks()  # validates block_s and long_s
+
+    def blocks(self):
+        from archivox.tasks.longform import BlockOptions
+
+        return BlockOptions(block_s=self.block_s, long_s=self.long_s)
 
     def resolved_stages(self) -> list[str]:
         return list(self.stages) if self.stages else available_stages()
@@ -82,7 +97,7 @@ class RunOptions:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "RunOptions":
+    def from_dict(cls, data: dict[str, Any] | None) -> RunOptions:
         data = dict(data or {})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names

@@ -2,28 +2,96 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
-import pyloudnorm
-from scipy import ndimage, signal
-
 from archivox.tasks.chain import Stage, StageOutput, check_range
+from scipy import ndimage, signal
 
 # ITU-R BS.1770 true peak is measured on a 4x oversampled signal.
 _TRUE_PEAK_OVERSAMPLING = 4
 _MIN_LOUDNESS_SECONDS = 0.4  # one BS.1770 gating block
 
 
+def k_weighting_sos(rate_hz: int) -> np.ndarray:
+    """The BS.1770 K-weighting filter (high shelf, then RLB high-pass) as second-order sections."""
+    # The standard gives coefficients at 48 kHz only; these analog prototypes
+    # reproduce them and carry over to other rates.
+    k = math.tan(math.pi * 1681.974450955533 / rate_hz)
+    q = 0.7071752369554196
+    vh = 10 ** (3.999843853973347 / 20)
+    vb = vh**0.4996667741545416
+    a0 = 1 + k / q + k * k
+    shelf = [(vh + vb * k / q + k * k) / a0, 2 * (k * k - vh) / a0, (vh - vb * k / q + k * k) / a0,
+             1.0, 2 * (k * k - 1) / a0, (1 - k / q + k * k) / a0]
+    k = math.tan(math.pi * 38.13547087602444 / rate_hz)
+    q = 0.5003270373238773
+    a0 = 1 + k / q + k * k
+    highpass = [1.0, -2.0, 1.0, 1.0, 2 * (k * k - 1) / a0, (1 - k / q + k * k) / a0]
+    return np.array([shelf, highpass])
+
+
+class LoudnessMeter:
+    """Integrated loudness (BS.1770-4, LUFS) of audio fed in consecutive pieces.
+
+    Keeps only the mean square of each 100 ms hop per channel (about 140 kB
+    per hour per channel), so an item of any length is measured exactly as
+    if it were read whole: 400 ms gating blocks are four hops.
+    """
+
+    _HOP_S = 0.1
+    _GATE_ABSOLUTE_LUFS = -70.0
+    _GATE_RELATIVE_LU = -10.0
+
+    def __init__(self, rate_hz: int, channels: int):
+        self.rate_hz = rate_hz
+        self.hop_n = int(round(self._HOP_S * rate_hz))
+        self.sos = k_weighting_sos(rate_hz)
+        self.state = np.zeros((self.sos.shape[0], channels, 2))
+        self.carry = np.zeros((channels, 0))
+        self.hops: list[np.ndarray] = []  # (channels,) mean squares
+        # Surround channels (4th and 5th) weigh 1.41 in BS.1770; others 1.0.
+        self.weights = np.array([1.41 if c in (3, 4) else 1.0 for c in range(channels)])
+
+    def add(self, audio: np.ndarray) -> None:
+        """``audio``: (channels, samples), the next piece of the item."""
+        filtered, self.state = signal.sosfilt(self.sos, audio.astype(np.float64), axis=1, zi=self.state)
+        joined = np.concatenate([self.carry, filtered], axis=1)
+        whole = joined.shape[1] // self.hop_n * self.hop_n
+        if whole:
+            squares = (joined[:, :whole] ** 2).reshape(joined.shape[0], -1, self.hop_n).mean(axis=2)
+            self.hops.extend(squares.T)
+        self.carry = joined[:, whole:]
+
+    def integrated_lufs(self) -> float:
+        if len(self.hops) < 4:
+            return float("-inf")
+        hops = np.array(self.hops)  # (hops, channels)
+        blocks = (hops[:-3] + hops[1:-2] + hops[2:-1] + hops[3:]) / 4.0
+        power = blocks @ self.weights
+        with np.errstate(divide="ignore"):
+            loudness = -0.691 + 10 * np.log10(power)
+        kept = loudness > self._GATE_ABSOLUTE_LUFS
+        if not kept.any():
+            return float("-inf")
+        relative = -0.691 + 10 * np.log10(power[kept].mean()) + self._GATE_RELATIVE_LU
+        kept &= loudness > relative
+        return float(-0.691 + 10 * np.log10(power[kept].mean()))
+
+
 def integrated_loudness_lufs(audio: np.ndarray, sample_rate_hz: int) -> float:
     """BS.1770 integrated loudness of (channels, samples); -inf for silence or too-short audio."""
     if audio.shape[1] < int(_MIN_LOUDNESS_SECONDS * sample_rate_hz):
         return float("-inf")
-    meter = pyloudnorm.Meter(sample_rate_hz)
-    with np.errstate(divide="ignore"):
-        value = meter.integrated_loudness(audio.T.astype(np.float64))
-    return float(value)
+    meter = LoudnessMeter(sample_rate_hz, audio.shape[0])
+    # In pieces so that the float64 copy stays small for long audio.
+    piece = sample_rate_hz * 60
+    for start in range(0, audio.shape[1], piece):
+        meter.add(audio[:, start : start + piece])
+    return meter.integrated_lufs()
 
 
 def true_peak_envelope(audio: np.ndarray) -> np.ndarray:
@@ -90,6 +158,14 @@ class Loudness(Stage):
         gain = np.minimum(gain, smoothed)
         limited = audio * gain[np.newaxis, :].astype(np.float32)
         return limited, float(-20 * np.log10(gain.min()))
+
+    def gain_and_limit(self, audio: np.ndarray, sample_rate_hz: int, gain_db: float) -> tuple[np.ndarray, float]:
+        """``audio`` raised by ``gain_db`` with peaks over the ceiling limited; returns (audio, limiter reduction dB).
+
+        For block-by-block processing of long items, where the gain comes from
+        the whole item's loudness (``archivox.tasks.longform``).
+        """
+        return self._limit((audio * np.float32(10 ** (gain_db / 20))).astype(np.float32), sample_rate_hz)
 
     def repair(self, audio: np.ndarray, sample_rate_hz: int, findings: Mapping[str, Any]) -> StageOutput:
         loudness = findings["loudness_lufs"]

@@ -22,20 +22,21 @@ import socket
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
-
 from archivox.catalog.store import Catalog, to_json, utc_now
+from archivox.tasks import extract as extraction
+from archivox.tasks.chain import WORKING_RATE_HZ, build_chain
+from archivox.tasks.fixity import sha256_file
+
 from archivox.config import RunOptions
 from archivox.errors import BadInputError, FixityError
 from archivox.fsutil import atomic_path, resolve_inside
 from archivox.manifest import ManifestItem
-from archivox.tasks import extract as extraction
-from archivox.tasks.chain import WORKING_RATE_HZ, build_chain
-from archivox.tasks.fixity import sha256_file
 
 WORK_FOLDER = ".archivox-work"
 
@@ -66,7 +67,7 @@ class ItemPlan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ItemPlan":
+    def from_dict(cls, data: dict[str, Any]) -> ItemPlan:
         return cls(**data)
 
 
@@ -237,6 +238,10 @@ def restore(plan: ItemPlan, extracted_path: str, options: RunOptions) -> dict[st
     Returns {"sources": {name: path}, "stages": [stage records], "diagnosis": {...},
     "residual_path": str} for the later steps.
     """
+    blocks = options.restore.blocks()
+    info = sf.info(str(extracted_path))
+    if blocks.is_long(info.frames, info.samplerate):
+        return _restore_long(plan, extracted_path, options, blocks)
     audio, rate_hz = read_audio(extracted_path)
     diagnosis, stage_names, stage_params = plan_stages(audio, rate_hz, options)
     chain = build_chain(stage_names, stage_params, device=options.device)
@@ -265,6 +270,38 @@ def restore(plan: ItemPlan, extracted_path: str, options: RunOptions) -> dict[st
     }
 
 
+def _restore_long(plan: ItemPlan, extracted_path: str, options: RunOptions, blocks) -> dict[str, Any]:
+    """``restore`` for items longer than ``options.restore.long_s``: same outputs, bounded memory."""
+    from archivox.tasks.longform import diagnose_excerpts, run_chain_from_file
+
+    diagnosis = diagnose_excerpts(Path(extracted_path))
+    stage_names, stage_params = stages_from_diagnosis(diagnosis, options)
+    chain = build_chain(stage_names, stage_params, device=options.device)
+    work = Path(plan.work_dir)
+    finishing = [n for n in chain.names if n in _FINISHING_STAGES][:1]
+    residual_path = ""
+    if options.restore.residual:
+        residual_path = str(Path(plan.sidecar_base).with_name(Path(plan.sidecar_base).name + ".residual.flac"))
+    result = run_chain_from_file(
+        chain,
+        Path(extracted_path),
+        Path(plan.restored_path),
+        work,
+        keep_before={"denoise": work / "pre_denoise.wav"},
+        residual=((finishing[0] if finishing else "", Path(residual_path)) if residual_path else None),
+        options=blocks,
+    )
+    sources = {"original": extracted_path, "restored": plan.restored_path}
+    if "denoise" in result.written:
+        sources["pre_denoise"] = str(result.written["denoise"])
+    return {
+        "sources": sources,
+        "stages": [asdict(r) for r in result.records],
+        "diagnosis": diagnosis.to_dict(),
+        "residual_path": residual_path,
+    }
+
+
 # Stages that shape the sound rather than repair it.
 _FINISHING_STAGES = ("eq", "loudness")
 
@@ -277,9 +314,16 @@ def plan_stages(audio: np.ndarray, rate_hz: int, options: RunOptions) -> tuple[d
     user named with ``--stages`` always run, and ``--set`` overrides settings.
     """
     from archivox.tasks.diagnose import diagnose
-    from archivox.tasks.presets import stage_params_for, stages_for
 
     diagnosis = diagnose(audio, rate_hz)
+    names, params = stages_from_diagnosis(diagnosis, options)
+    return diagnosis.to_dict(), names, params
+
+
+def stages_from_diagnosis(diagnosis, options: RunOptions) -> tuple[list[str], dict[str, dict]]:
+    """(stage names, per-stage parameters) for an item with this ``Diagnosis``."""
+    from archivox.tasks.presets import stage_params_for, stages_for
+
     if options.restore.stages:
         names = list(options.restore.stages)
     else:
@@ -288,7 +332,7 @@ def plan_stages(audio: np.ndarray, rate_hz: int, options: RunOptions) -> tuple[d
     params = stage_params_for(options.restore.preset, diagnosis)
     for stage, overrides in options.restore.params.items():
         params[stage] = {**params.get(stage, {}), **overrides}
-    return diagnosis.to_dict(), names, params
+    return names, params
 
 
 def transcribe(plan: ItemPlan, sources: dict[str, str], options: RunOptions) -> str:
@@ -451,9 +495,9 @@ def describe_error(error: BaseException) -> tuple[str, str]:
 
 
 def _timestamp(epoch_s: float):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(epoch_s, timezone.utc)
+    return datetime.fromtimestamp(epoch_s, UTC)
 
 
 @dataclass
@@ -465,7 +509,7 @@ class PreviousRuns:
     failures: dict[tuple[str, str, str], int]  # (item_id, sha256, config_hash) -> failed attempts
 
     @classmethod
-    def read(cls, catalog: Catalog) -> "PreviousRuns":
+    def read(cls, catalog: Catalog) -> PreviousRuns:
         rows = catalog.item_rows()
 
         def newest(status: str) -> dict[str, dict[str, Any]]:
