@@ -255,8 +255,15 @@ def restore(plan: ItemPlan, extracted_path: str, options: RunOptions) -> dict[st
     if "denoise" in result.before:
         write_wav(work / "pre_denoise.wav", result.before["denoise"], rate_hz)
         sources["pre_denoise"] = str(work / "pre_denoise.wav")
+        if finishing:
+            # The denoiser's output before EQ and loudness reshape it: the ASR view
+            # that transcription prefers (see archivox.tasks.transcribe).
+            write_wav(work / "denoised.wav", result.before[finishing[0]], rate_hz)
+            sources["denoised"] = str(work / "denoised.wav")
     write_flac(Path(plan.restored_path), result.audio, rate_hz)
     sources["restored"] = plan.restored_path
+    if "denoise" in result.before and not finishing:
+        sources["denoised"] = plan.restored_path
     residual_path = ""
     if options.restore.residual:
         repaired = result.before[finishing[0]] if finishing else result.audio
@@ -287,13 +294,15 @@ def _restore_long(plan: ItemPlan, extracted_path: str, options: RunOptions, bloc
         Path(extracted_path),
         Path(plan.restored_path),
         work,
-        keep_before={"denoise": work / "pre_denoise.wav"},
+        keep_before={"denoise": work / "pre_denoise.wav",
+                     **({finishing[0]: work / "denoised.wav"} if finishing and "denoise" in chain.names else {})},
         residual=((finishing[0] if finishing else "", Path(residual_path)) if residual_path else None),
         options=blocks,
     )
     sources = {"original": extracted_path, "restored": plan.restored_path}
     if "denoise" in result.written:
         sources["pre_denoise"] = str(result.written["denoise"])
+        sources["denoised"] = str(result.written[finishing[0]]) if finishing else plan.restored_path
     return {
         "sources": sources,
         "stages": [asdict(r) for r in result.records],

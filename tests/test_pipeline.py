@@ -79,3 +79,16 @@ def test_unchanged_items_are_skipped_and_forced_items_are_not(tmp_path):
     assert changed.skip_reason == ""
     exhausted, _ = _plan(tmp_path, failures_by_sha={first.sha256: 3})
     assert "failed 3 times" in exhausted.skip_reason
+
+
+def test_restore_hands_transcription_the_denoised_audio_before_loudness(tmp_path):
+    write_wav(tmp_path / "root" / "tape.wav", speech_like(4.0, level_db=-35.0), RATE_HZ, subtype="FLOAT")
+    options = RunOptions(restore=RestoreOptions(stages=["dc", "denoise", "loudness"]), transcribe_enabled=False)
+    plan, _ = _plan(tmp_path, options=options)
+    restored = pipeline.restore(plan, pipeline.extract(plan, options), options)
+    assert set(restored["sources"]) == {"original", "pre_denoise", "denoised", "restored"}
+    denoised, _ = sf.read(restored["sources"]["denoised"], always_2d=True)
+    final, _ = sf.read(plan.restored_path, always_2d=True)
+    # The same audio, before loudness raised it by about 17 dB (and its limiter reshaped the peaks).
+    assert si_sdr_db(final[:, 0], denoised[:, 0]) > 8.0
+    assert rms_db(final[:, 0]) - rms_db(denoised[:, 0]) > 10.0
