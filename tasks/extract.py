@@ -13,15 +13,16 @@ import functools
 import re
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import ffmpeg
 import numpy as np
+from archivox.tasks.chain import WORKING_RATE_HZ
 
 from archivox.errors import ConfigError, MediaError
-from archivox.tasks.chain import WORKING_RATE_HZ
 
 ChannelPolicy = Literal["mix", "left", "right", "speech"]
 CHANNEL_POLICIES: tuple[str, ...] = ("mix", "left", "right", "speech")
@@ -179,6 +180,98 @@ def decode(
     if not np.all(np.isfinite(audio)):
         audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
     return audio
+
+
+# Samples per channel read at a time when a decoded file is reduced to the working audio.
+_PIECE_SAMPLES = WORKING_RATE_HZ * 60
+
+
+def decode_to_file(
+    path: Path,
+    destination: Path,
+    *,
+    channel_policy: str = "speech",
+    rate_hz: int = WORKING_RATE_HZ,
+    stream_index: int = 0,
+    timeout_s: float = 3600.0,
+) -> dict:
+    """Decode one audio stream into a mono float32 WAV at ``rate_hz``, in bounded memory.
+
+    What ``decode`` followed by ``apply_channel_policy`` gives, for items of
+    any length: ffmpeg writes the decoded audio to a work file beside
+    ``destination`` (RF64 past 4 GB), which is then reduced to one channel a
+    minute at a time. Returns the channel information of
+    ``apply_channel_policy`` plus ``samples``. ``destination`` appears only
+    when complete.
+    """
+    import soundfile as sf
+
+    from archivox.fsutil import atomic_path
+
+    path, destination = Path(path), Path(destination)
+    if channel_policy not in CHANNEL_POLICIES:
+        raise ConfigError(f"channel policy {channel_policy!r} is not one of {', '.join(CHANNEL_POLICIES)}")
+    info = probe(path)
+    if stream_index >= info.audio_streams:
+        raise MediaError(f"{path}: audio stream {stream_index} asked for, file has {info.audio_streams}")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    decoded = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.decoded.wav")
+    try:
+        command = (
+            ffmpeg.input(_file_url(path), protocol_whitelist="file", format_whitelist=_FORMAT_WHITELIST)
+            .output(_file_url(decoded), format="wav", acodec="pcm_f32le", ar=rate_hz, map=f"0:a:{stream_index}",
+                    rf64="auto")
+            .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-xerror", "-y")
+            .compile(cmd=ffmpeg_exe())
+        )
+        try:
+            proc = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise MediaError(f"{path}: ffmpeg did not finish decoding within {timeout_s:.0f} s") from exc
+        if proc.returncode != 0:
+            raise MediaError(f"{path}: ffmpeg could not decode the audio: {_stderr_tail(proc.stderr)}")
+        try:
+            reader = sf.SoundFile(str(decoded))
+        except (RuntimeError, sf.LibsndfileError) as exc:
+            raise MediaError(f"{path}: the audio stream decodes to zero samples") from exc
+        with reader:
+            if reader.frames == 0:
+                raise MediaError(f"{path}: the audio stream decodes to zero samples")
+            channels = reader.channels
+            if channels == 1:
+                index = 0
+            elif channel_policy == "mix":
+                index = -1
+            elif channel_policy in ("left", "right"):
+                index = 0 if channel_policy == "left" else 1
+            else:
+                index = int(np.argmax(_speech_band_energy_of_file(reader, rate_hz)))
+                reader.seek(0)
+            with atomic_path(destination) as temporary, sf.SoundFile(
+                str(temporary), "w", samplerate=rate_hz, channels=1, subtype="FLOAT", format="WAV"
+            ) as writer:
+                for piece in reader.blocks(blocksize=_PIECE_SAMPLES, dtype="float32", always_2d=True):
+                    mono = piece.mean(axis=1) if index < 0 else piece[:, index]
+                    if not np.all(np.isfinite(mono)):
+                        mono = np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
+                    writer.write(mono)
+            samples = reader.frames
+    finally:
+        decoded.unlink(missing_ok=True)
+    return {"channel_policy": channel_policy, "channel_used": index, "channels_in": channels, "samples": samples}
+
+
+def _speech_band_energy_of_file(reader, rate_hz: int) -> np.ndarray:
+    """``speech_band_energy`` of a whole open sound file, read a piece at a time. Shape (channels,)."""
+    from scipy import signal
+
+    sos = signal.butter(4, [300, min(3400, rate_hz / 2 - 1)], btype="bandpass", fs=rate_hz, output="sos")
+    state = np.zeros((sos.shape[0], reader.channels, 2))
+    total = np.zeros(reader.channels)
+    for piece in reader.blocks(blocksize=_PIECE_SAMPLES, dtype="float32", always_2d=True):
+        band, state = signal.sosfilt(sos, piece.T.astype(np.float64), axis=1, zi=state)
+        total += np.sum(band**2, axis=1)
+    return total / max(reader.frames, 1)
 
 
 def speech_band_energy(audio: np.ndarray, rate_hz: int) -> np.ndarray:

@@ -196,21 +196,26 @@ def prepare(
 
 
 def extract(plan: ItemPlan, options: RunOptions) -> str:
-    """Decode the original to a float32 48 kHz WAV in the item's work folder; returns its path."""
+    """Decode the original to a float32 48 kHz WAV in the item's work folder; returns its path.
+
+    Streams through a file, so an item's length does not bound what a worker can take.
+    """
     work = Path(plan.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    audio = extraction.decode(
+    destination = work / "original.wav"
+    channel_info = extraction.decode_to_file(
         Path(plan.source_path),
+        destination,
+        channel_policy=options.restore.channel_policy,
         rate_hz=WORKING_RATE_HZ,
         stream_index=options.restore.audio_stream,
         timeout_s=options.ffmpeg_timeout_s,
     )
-    audio, channel_info = extraction.apply_channel_policy(audio, options.restore.channel_policy)
+    samples = channel_info.pop("samples")
     plan.media.update(channel_info)
-    if audio.shape[1] < WORKING_RATE_HZ // 100:
-        raise BadInputError(f"{plan.rel_path}: only {audio.shape[1]} samples of audio; too short to restore")
-    destination = work / "original.wav"
-    write_wav(destination, audio, WORKING_RATE_HZ)
+    if samples < WORKING_RATE_HZ // 100:
+        destination.unlink(missing_ok=True)
+        raise BadInputError(f"{plan.rel_path}: only {samples} samples of audio; too short to restore")
     return str(destination)
 
 

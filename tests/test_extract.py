@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from archivox.errors import ConfigError, MediaError
-from archivox.tasks.extract import apply_channel_policy, decode, has_audio, probe
+from archivox.tasks.extract import (
+    apply_channel_policy,
+    decode,
+    decode_to_file,
+    has_audio,
+    probe,
+)
 from media import transcode, video_with_audio, write_wav
 from signals import rms_db, tone, white_noise
+
+from archivox.errors import ConfigError, MediaError
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +60,28 @@ def test_channel_policies_pick_the_speech_channel(stereo_wav):
     np.testing.assert_allclose(mixed[0], audio.mean(axis=0), atol=1e-7)
     with pytest.raises(ConfigError, match="valid|one of"):
         apply_channel_policy(audio, "centre")
+
+
+@pytest.mark.parametrize("policy", ["speech", "left", "right", "mix"])
+def test_decoding_through_a_file_equals_decoding_in_memory(stereo_wav, tmp_path, policy):
+    import soundfile as sf
+
+    expected, expected_info = apply_channel_policy(decode(stereo_wav), policy)
+    destination = tmp_path / "work" / "original.wav"
+    info = decode_to_file(stereo_wav, destination, channel_policy=policy)
+    written, rate = sf.read(destination, dtype="float32", always_2d=True)
+    assert rate == 48_000 and written.shape == (expected.shape[1], 1)
+    np.testing.assert_allclose(written[:, 0], expected[0], atol=1e-7)
+    assert info == {**expected_info, "samples": expected.shape[1]}
+    assert sorted(p.name for p in destination.parent.iterdir()) == ["original.wav"]  # ffmpeg's work file is gone
+
+
+def test_decoding_through_a_file_leaves_nothing_when_it_fails(tmp_path):
+    truncated = tmp_path / "cut.flac"
+    truncated.write_bytes(b"fLaC" + bytes(40))
+    with pytest.raises(MediaError):
+        decode_to_file(truncated, tmp_path / "work" / "original.wav")
+    assert not (tmp_path / "work").exists() or list((tmp_path / "work").iterdir()) == []
 
 
 def test_empty_truncated_and_non_media_files_fail_clearly(stereo_wav, tmp_path):
