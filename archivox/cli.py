@@ -8,10 +8,12 @@ keeps its SQLite database beside its outputs, not in the project).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -126,19 +128,25 @@ def cmd_scan(args) -> int:
     return 0
 
 
-def _decode_input(path: Path, channel_policy: str):
-    from archivox.tasks.chain import WORKING_RATE_HZ
-    from archivox.tasks.extract import apply_channel_policy, decode
+@contextlib.contextmanager
+def _decoded(path: Path, channel_policy: str, work_parent: Path | None = None):
+    """Yield the input decoded to a 48 kHz mono float WAV in a temporary folder (removed afterwards)."""
+    from archivox.tasks.extract import decode_to_file
 
-    audio = decode(path, rate_hz=WORKING_RATE_HZ)
-    audio, _ = apply_channel_policy(audio, channel_policy)
-    return audio, WORKING_RATE_HZ
+    if work_parent is not None:
+        work_parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".archivox-", dir=work_parent) as work:
+        decoded = Path(work) / "input.wav"
+        decode_to_file(path, decoded, channel_policy=channel_policy)
+        yield decoded
 
 
 def cmd_restore(args) -> int:
+    import soundfile
+
     from archivox.config import RestoreOptions, RunOptions
     from archivox.tasks.chain import build_chain
-    from archivox.tasks.pipeline import plan_stages, write_flac, write_wav
+    from archivox.tasks.pipeline import plan_stages, read_audio, write_flac, write_wav
 
     source, destination = Path(args.input), Path(args.output)
     if destination.resolve() == source.resolve():
@@ -152,15 +160,17 @@ def cmd_restore(args) -> int:
         long_s=args.long_s,
     )
     options = RunOptions(restore=restore, device=args.device, transcribe_enabled=False)
-    audio, rate_hz = _decode_input(source, args.channel_policy)
-    if restore.blocks().is_long(audio.shape[1], rate_hz) and destination.suffix.lower() != ".wav":
-        records = _restore_long_file(audio, rate_hz, destination, options)
-    else:
-        _, names, params = plan_stages(audio, rate_hz, options)
-        chain = build_chain(names, params, device=args.device)
-        result = chain(audio, rate_hz)
-        (write_wav if destination.suffix.lower() == ".wav" else write_flac)(destination, result.audio, rate_hz)
-        records = result.records
+    with _decoded(source, args.channel_policy, destination.parent) as decoded:
+        info = soundfile.info(str(decoded))
+        if restore.blocks().is_long(info.frames, info.samplerate) and destination.suffix.lower() != ".wav":
+            records = _restore_long_file(decoded, destination, options)
+        else:
+            audio, rate_hz = read_audio(decoded)
+            _, names, params = plan_stages(audio, rate_hz, options)
+            chain = build_chain(names, params, device=args.device)
+            result = chain(audio, rate_hz)
+            (write_wav if destination.suffix.lower() == ".wav" else write_flac)(destination, result.audio, rate_hz)
+            records = result.records
     table = Table(title=f"{source} -> {destination}")
     for column in ("stage", "seconds", "device", "metrics"):
         table.add_column(column, overflow="fold")
@@ -171,38 +181,26 @@ def cmd_restore(args) -> int:
     return 0
 
 
-def _restore_long_file(audio, rate_hz: int, destination: Path, options) -> list:
-    """A long input, block by block from a work file beside the output (see ``archivox.tasks.longform``)."""
-    import tempfile
-
+def _restore_long_file(decoded: Path, destination: Path, options) -> list:
+    """A long input, block by block from its decoded work file (see ``archivox.tasks.longform``)."""
     from archivox.tasks.chain import build_chain
     from archivox.tasks.longform import diagnose_excerpts, run_chain_from_file
-    from archivox.tasks.pipeline import stages_from_diagnosis, write_wav
+    from archivox.tasks.pipeline import stages_from_diagnosis
 
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".archivox-", dir=destination.parent) as work:
-        decoded = Path(work) / "input.wav"
-        write_wav(decoded, audio, rate_hz)
-        names, params = stages_from_diagnosis(diagnose_excerpts(decoded), options)
-        chain = build_chain(names, params, device=options.device)
-        return run_chain_from_file(chain, decoded, destination, Path(work), options=options.restore.blocks()).records
+    names, params = stages_from_diagnosis(diagnose_excerpts(decoded), options)
+    chain = build_chain(names, params, device=options.device)
+    return run_chain_from_file(chain, decoded, destination, decoded.parent, options=options.restore.blocks()).records
 
 
 def cmd_transcribe(args) -> int:
-    import tempfile
-
     from archivox.tasks.exports import write_sidecars
-    from archivox.tasks.pipeline import write_wav
     from archivox.tasks.transcribe import TranscribeOptions, transcribe_item
 
     source = Path(args.input)
     options = TranscribeOptions(model=args.model, language=args.language, device=args.device)
     # Any container ffmpeg reads (video included) goes through the same
     # hardened decoder as a run, then to faster-whisper as a WAV.
-    audio, rate_hz = _decode_input(source, args.channel_policy)
-    with tempfile.TemporaryDirectory(prefix="archivox-transcribe-") as work:
-        decoded = Path(work) / "audio.wav"
-        write_wav(decoded, audio, rate_hz)
+    with _decoded(source, args.channel_policy) as decoded:
         transcript = transcribe_item({"restored": decoded}, options, language=args.language)
     base = Path(args.output) if args.output else Path.cwd() / source.name
     written = write_sidecars(transcript, base)
@@ -284,10 +282,19 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_diagnose(args) -> int:
-    from archivox.tasks.diagnose import diagnose
+    import soundfile
 
-    audio, rate_hz = _decode_input(Path(args.input), args.channel_policy)
-    diagnosis = diagnose(audio, rate_hz)
+    from archivox.config import RestoreOptions
+    from archivox.tasks.diagnose import diagnose
+    from archivox.tasks.longform import diagnose_excerpts
+    from archivox.tasks.pipeline import read_audio
+
+    with _decoded(Path(args.input), args.channel_policy) as decoded:
+        info = soundfile.info(str(decoded))
+        if RestoreOptions().blocks().is_long(info.frames, info.samplerate):
+            diagnosis = diagnose_excerpts(decoded)  # long: from excerpts, as a run does
+        else:
+            diagnosis = diagnose(*read_audio(decoded))
     console.print(json.dumps(diagnosis.to_dict(), indent=2) if args.json else diagnosis.format())
     return 0
 
