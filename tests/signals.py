@@ -210,3 +210,32 @@ def hum_line_db(audio: np.ndarray, fundamental_hz: float, harmonic: int, drift_h
     t = np.arange(x.size) / rate_hz
     phase = 2 * np.pi * np.cumsum(fundamental_hz + drift_hz * np.sin(2 * np.pi * 0.1 * t)) / rate_hz
     return float(20 * np.log10(2 * np.abs(np.mean(x * np.exp(-1j * harmonic * phase))) + 1e-20))
+
+
+# Lossy encoders at usual settings, as ffmpeg output arguments by name; the
+# name's first part is the codec (and picks the container in ``lossy_roundtrip``).
+LOSSY_CODECS = {
+    "mp3_64k": ["-c:a", "libmp3lame", "-b:a", "64k"],
+    "mp3_128k": ["-c:a", "libmp3lame", "-b:a", "128k"],
+    "aac_96k": ["-c:a", "aac", "-b:a", "96k"],
+    "aac_128k": ["-c:a", "aac", "-b:a", "128k"],
+    "opus_32k": ["-c:a", "libopus", "-b:a", "32k"],
+    "opus_64k": ["-c:a", "libopus", "-b:a", "64k"],
+    "vorbis_q1": ["-c:a", "libvorbis", "-q:a", "1"],
+    "vorbis_q3": ["-c:a", "libvorbis", "-q:a", "3"],
+}
+_LOSSY_SUFFIX = {"mp3": ".mp3", "aac": ".m4a", "opus": ".ogg", "vorbis": ".ogg", "flac": ".flac"}
+
+
+def lossy_roundtrip(source: Path, codec: str, workdir: Path, extra_args: tuple[str, ...] = ()) -> np.ndarray:
+    """Encode a media file with ffmpeg (``LOSSY_CODECS[codec]``, or "flac") and decode it back as
+    archivox does (float32 (channels, samples) at 48 kHz); the encoded file is left in ``workdir``."""
+    import subprocess
+
+    from archivox.tasks.extract import decode, ffmpeg_exe
+
+    args = ["-c:a", "flac"] if codec == "flac" else LOSSY_CODECS[codec]
+    encoded = Path(workdir) / f"{Path(source).stem}.{codec}{_LOSSY_SUFFIX[codec.split('_')[0]]}"
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source),
+                    *extra_args, *args, str(encoded)], check=True, timeout=120)
+    return decode(encoded)
