@@ -43,9 +43,27 @@ def test_nothing_found_means_no_change() -> None:
     assert not any(k.startswith("found__") for k in out.metrics)
 
 
+def test_ticks_far_under_the_programme_are_left_alone() -> None:
+    # The same impulses, once 45 dB and once 12 dB under the programme's
+    # level (99th percentile of |x|): only the audible ones are clicks.
+    stage = Declick(threshold_db=24.0)
+    clean = speech_like(5.0, seed=3)
+    level = float(np.percentile(np.abs(clean), 99))
+    for under_db, wanted in ((45.0, 0.0), (12.0, 0.95)):
+        planted, positions = clicks(5.0, 10, amplitude=level * 10 ** (-under_db / 20), seed=11)
+        regions, _ = stage.find((clean + planted)[0].astype(np.float64), RATE_HZ)
+        f1, _, recall = event_f1(np.array([start for start, _ in regions]), positions, TOLERANCE)
+        if wanted:
+            assert f1 >= wanted, (under_db, f1)
+        else:
+            assert recall == 0.0, (under_db, recall)
+
+
 def test_parameters_are_validated() -> None:
     with pytest.raises(ConfigError, match="valid range"):
         Declick(threshold_db=3.0)
+    with pytest.raises(ConfigError, match="valid range"):
+        Declick(min_level_db=10.0)
 
 
 # Files where the bench's per-file numbers sit near the corpus median; the
