@@ -33,16 +33,16 @@ _CLIFF_DB = 25.0  # a drop this steep within 1 kHz above the edge is a filter, n
 _LOSSY_EDGE_RANGE_HZ = (10_000.0, 21_800.0)
 _RESAMPLED_NYQUISTS_HZ = (8_000.0, 11_025.0, 12_000.0, 16_000.0)
 _RESAMPLED_EDGE_RATIO = (1.06, 1.18)
-# Transform codecs quantise whole bands of a frame to zero where the signal
-# is masked, which leaves holes in the short-time spectrum far deeper than
-# a noise-like spectrum has: 30 dB under the median of the 9 bins x 3
-# frames around it, a chi-square bin falls that low 0.07 % of the time
-# (lossless speech and noise measure 0.03-0.13 %, MP3 and Vorbis 0.1-1.7 %
-# in the top half of their band). Opus and AAC fill such holes with noise.
 # Near 18 kHz the fall over the last kHz before the edge decides: ffmpeg's
 # resampler from 32 kHz measured 12-21 dB, AAC and Vorbis cuts 24-41 dB
 # (some AAC at 96 kbit/s less; its spectral holes give it away instead).
 _ENCODER_FALL_DB = 23.0
+# Transform codecs quantise whole bands of a frame to zero where the signal
+# is masked, which leaves holes in the short-time spectrum far deeper than
+# a noise-like spectrum has: 30 dB under the median of the 9 bins x 3
+# frames around it, a chi-square bin falls that low 0.07 % of the time
+# (lossless speech and noise measured 0.03-0.16 %, MP3 and Vorbis 0.1-1.7 %
+# in the top half of their band). Opus and AAC fill such holes with noise.
 _HOLE_DEPTH_DB = 30.0
 _HOLES_LOSSY = 0.002
 
@@ -201,7 +201,7 @@ def lossy_verdict(bandwidth_hz: float | None, cliff_db: float, fall_db: float, h
         elif resampled:
             evidence.append(f"band-limited at {bandwidth_hz:.0f} Hz, as a recording made at "
                             f"{2 * resampled[0] / 1000:g} kHz is"
-                            + (" (or one through an encoder's gentler 18 kHz cut)" if resampled[0] == 16_000.0 else ""))
+                            + (" (or through an encoder's 18 kHz cut too gradual to tell apart)" if resampled[0] == 16_000.0 else ""))
         else:
             evidence.append(f"band-limited at {bandwidth_hz:.0f} Hz (a lower-rate source or a telephone/radio path)")
     return lossy, "; ".join(evidence)
