@@ -13,9 +13,17 @@ For every ``--step``-th file of ``speech_clean`` (resampled to 48 kHz mono):
 - loudness: -16 and -23 LUFS with a -1 dBTP ceiling; error and true peak;
 - diagnosis: planted hum frequency error (47.5-62.5 Hz), click-rate error;
 - speed: x real time of each stage on one minute of 48 kHz mono speech
-  (corpus files joined) carrying the stage's defect, one thread.
+  (corpus files joined) carrying the stage's defect, one thread;
+- lossy-source flag: every ``--lossy-step``-th of those files and two noise
+  clips, encoded with ffmpeg (MP3 64/128 kbit/s, AAC 96/128, Opus 32/64,
+  Vorbis q1/q3) and decoded back as archivox decodes (48 kHz): how many are
+  flagged, split by source (recorded at 44.1/48 kHz or at 16/22.05 kHz);
+  and how many lossless originals are flagged, split by provenance (the
+  LibriSpeech, LibriVox and LJ Speech audio was cut from LibriVox MP3s before
+  it was resampled and stored losslessly, so neither answer is wrong there).
 
     python bench/stages.py --step 4 --out bench/results/stages-2026-11-21-$(hostname).md
+    python bench/stages.py --step 4 --offset 2   # a disjoint set of files
 """
 
 from __future__ import annotations
@@ -36,13 +44,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from signals import (  # noqa: E402
-    RATE_HZ, clicks, clip_to_fraction, corpus_dir, event_f1, hum, hum_line_db, load_speech, si_sdr_db,
+    LOSSY_CODECS, RATE_HZ, clicks, clip_to_fraction, corpus_dir, event_f1, hum, hum_line_db, load_speech,
+    lossy_roundtrip, si_sdr_db,
 )
 
 from archivox.tasks.declick import Declick  # noqa: E402
 from archivox.tasks.declip import Declip  # noqa: E402
 from archivox.tasks.dehum import Dehum, remove_hum  # noqa: E402
-from archivox.tasks.diagnose import diagnose  # noqa: E402
+from archivox.tasks.diagnose import diagnose, lossy_source  # noqa: E402
 from archivox.tasks.eq import SpeechEQ  # noqa: E402
 from archivox.tasks.loudness import Loudness, integrated_loudness_lufs, true_peak_dbtp  # noqa: E402
 from archivox.tasks.dc import DCOffset  # noqa: E402
@@ -71,6 +80,39 @@ def declick_case(stage: Declick, speech: np.ndarray, rate: float, seed: int) -> 
     return f1, si_sdr_db(out, speech) - si_sdr_db(noisy, speech)
 
 
+# Provenance of the corpus originals, by file-name prefix (SOURCES.md).
+_LOSSLESS_PROVENANCE = ("vctk_", "cathy_", "cmu_")  # VCTK, CMU ARCTIC: recorded and shipped as PCM
+_MP3_ANCESTRY = ("librispeech_", "librivox_", "ljspeech_")  # cut from LibriVox MP3s, then stored as FLAC/WAV
+_LOSSY_NOISE_CLIPS = ("noise/tumult_vinyl5_crackle.wav", "noise/max-audio_typing.wav")
+
+
+def lossy_flags(corpus: Path, files: list[Path], encode_every: int) -> dict[str, list]:
+    """Lossy flag per (file, codec): rows of (name, codec, source rate, flagged, evidence).
+
+    Every original is checked; every ``encode_every``-th, and the noise clips, are also encoded.
+    """
+    import tempfile
+
+    import soundfile
+
+    from archivox.tasks.extract import decode
+
+    rows: dict[str, list] = {"encoded": [], "original": []}
+    sources = [*files, *[corpus / c for c in _LOSSY_NOISE_CLIPS if (corpus / c).is_file()]]
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in sources:
+            rate = soundfile.info(str(path)).samplerate
+            flagged, evidence, _, _ = lossy_source(decode(path).astype(np.float64).mean(axis=0), RATE_HZ)
+            rows["original"].append((path.name, "original", rate, flagged, evidence))
+            if path in files and files.index(path) % encode_every:
+                continue
+            for codec in LOSSY_CODECS:
+                audio = lossy_roundtrip(path, codec, Path(tmp))
+                flagged, evidence, _, _ = lossy_source(audio.astype(np.float64).mean(axis=0), RATE_HZ)
+                rows["encoded"].append((path.name, codec, rate, flagged, evidence))
+    return rows
+
+
 def speed(stage, audio: np.ndarray) -> float:
     started = time.perf_counter()
     stage(audio, RATE_HZ)
@@ -85,12 +127,14 @@ def pct(values, q) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--step", type=int, default=4, help="use every STEP-th speech_clean file")
+    parser.add_argument("--offset", type=int, default=0, help="starting from this one (0 .. STEP-1)")
+    parser.add_argument("--lossy-step", type=int, default=2, help="of those, encode every LOSSY_STEP-th (0: none)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     corpus = corpus_dir()
     if corpus is None:
         sys.exit("the shared corpus is not present (../shared/corpus or $ARCHIVOX_CORPUS)")
-    files = sorted((corpus / "speech_clean").iterdir())[:: args.step]
+    files = sorted((corpus / "speech_clean").iterdir())[args.offset :: args.step]
     rows: dict[str, list] = {k: [] for k in (
         "hum50", "hum60", "hum50d", "sisdr_hum", "clean_untouched", "clean_hum_found",
         "f1_5", "f1_20", "gain_5", "gain_20", "false", "declip_gain",
@@ -142,6 +186,8 @@ def main() -> None:
         "diagnose": (minute / _timed(lambda: diagnose(joined + planted, RATE_HZ))),
     }
 
+    lossy = lossy_flags(corpus, files, args.lossy_step) if args.lossy_step else None
+
     n = len(files)
     minutes = seconds / 60
     hum_real = [f.name for f, found in zip(files, rows["clean_hum_found"]) if found]
@@ -149,8 +195,8 @@ def main() -> None:
         f"# DSP stages on corpus speech with planted defects ({time.strftime('%Y-%m-%d')})",
         "",
         f"Machine: {platform.node()} ({os.cpu_count()} cores, shared with other jobs), one thread; Python {platform.python_version()}.",
-        f"Files: every {args.step}th of `speech_clean` ({n} files, {minutes:.1f} min), resampled to 48 kHz mono.",
-        f"Command: `python bench/stages.py --step {args.step} --out {args.out}`",
+        f"Files: every {args.step}th of `speech_clean` from number {args.offset} ({n} files, {minutes:.1f} min), resampled to 48 kHz mono.",
+        f"Command: `python bench/stages.py --step {args.step} --offset {args.offset} --lossy-step {args.lossy_step} --out {args.out}`",
         "",
         "| stage | measure | min | 10th pct | median | criterion |",
         "|---|---|---|---|---|---|",
@@ -189,6 +235,7 @@ def main() -> None:
         f"- loudness within 0.5 LU and true peak <= -1 dBTP: -16 LUFS {sum(1 for e, t in zip(rows['lufs16'], rows['tp16']) if abs(e) <= 0.5 and t <= -1 + 1e-6)}/{n}, "
         f"-23 LUFS {sum(1 for e, t in zip(rows['lufs23'], rows['tp23']) if abs(e) <= 0.5 and t <= -1 + 1e-6)}/{n}",
         f"- diagnosis hum within 0.5 Hz: {sum(1 for v in rows['diag_hz'] if v < 0.5)}/{n}; click rate within 20 %: {sum(1 for v in rows['diag_rate'] if v < 0.2)}/{n}",
+        *(lossy_lines(lossy) if lossy else []),
         "",
         f"Speed, x real time on {minute:.0f} s of 48 kHz mono speech with the stage's defect, one thread:",
         "",
@@ -202,6 +249,43 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+
+
+def lossy_lines(lossy: dict[str, list]) -> list[str]:
+    """The lossy-flag results as Markdown: a table by codec and source band, then the originals."""
+    def count(rows) -> str:
+        return f"{sum(r[3] for r in rows)}/{len(rows)}" if rows else "-"
+
+    encoded = lossy["encoded"]
+    full = lambda r: r[2] >= 32_000  # noqa: E731  (recorded at 32 kHz or more: the encoder's cut shows)
+    lines = [
+        "",
+        f"Lossy-source flag on ffmpeg-encoded files ({len(encoded) // len(LOSSY_CODECS)} sources: "
+        f"{len([r for r in encoded if full(r)]) // len(LOSSY_CODECS)} recorded at 44.1/48 kHz, the rest at 16/22.05 kHz), "
+        "flagged / encoded:",
+        "",
+        "| codec | sources at 44.1/48 kHz | sources at 16/22.05 kHz | all |",
+        "|---|---|---|---|",
+    ]
+    for codec in LOSSY_CODECS:
+        rows = [r for r in encoded if r[1] == codec]
+        lines.append(f"| {codec} | {count([r for r in rows if full(r)])} | {count([r for r in rows if not full(r)])} | {count(rows)} |")
+    lines.append(f"| all | {count([r for r in encoded if full(r)])} | {count([r for r in encoded if not full(r)])} | {count(encoded)} |")
+    originals = lossy["original"]
+    clean = [r for r in originals if r[0].startswith(_LOSSLESS_PROVENANCE)]
+    ancestry = [r for r in originals if r[0].startswith(_MP3_ANCESTRY)]
+    other = [r for r in originals if not r[0].startswith(_LOSSLESS_PROVENANCE + _MP3_ANCESTRY)]
+    flagged = lambda rows: ", ".join(f"{r[0]} ({r[4]})" for r in rows if r[3]) or "none"  # noqa: E731
+    lines += [
+        "",
+        f"- false positives on lossless originals (VCTK, CMU ARCTIC): {count(clean)} flagged: {flagged(clean)}",
+        f"- originals with LibriVox-MP3 ancestry (LibriSpeech, LibriVox, LJ Speech; resampled after decoding): "
+        f"{count(ancestry)} flagged: {flagged(ancestry)}",
+        f"- noise clips of unstated provenance: {count(other)} flagged: {flagged(other)}",
+        f"- encoded files missed: {', '.join(f'{r[0]} {r[1]}' for r in encoded if not r[3] and full(r)) or 'none'} "
+        "(44.1/48 kHz sources; the 16/22.05 kHz ones are in the table)",
+    ]
+    return lines
 
 
 def _timed(fn) -> float:
