@@ -157,19 +157,8 @@ def decode(
     info = probe(path)
     if stream_index >= info.audio_streams:
         raise MediaError(f"{path}: audio stream {stream_index} asked for, file has {info.audio_streams}")
-    command = (
-        ffmpeg.input(_file_url(path), protocol_whitelist="file", format_whitelist=_FORMAT_WHITELIST)
-        .output("pipe:", format="f32le", acodec="pcm_f32le", ar=rate_hz, map=f"0:a:{stream_index}")
-        .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-xerror")
-        .compile(cmd=ffmpeg_exe())
-    )
-    try:
-        proc = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise MediaError(f"{path}: ffmpeg did not finish decoding within {timeout_s:.0f} s") from exc
-    if proc.returncode != 0:
-        raise MediaError(f"{path}: ffmpeg could not decode the audio: {_stderr_tail(proc.stderr)}")
-    samples = np.frombuffer(proc.stdout, dtype="<f4")
+    stdout = _ffmpeg_decode(path, "pipe:", stream_index, timeout_s, format="f32le", ar=rate_hz)
+    samples = np.frombuffer(stdout, dtype="<f4")
     channels = info.channels
     if samples.size == 0:
         raise MediaError(f"{path}: the audio stream decodes to zero samples")
@@ -180,6 +169,23 @@ def decode(
     if not np.all(np.isfinite(audio)):
         audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
     return audio
+
+
+def _ffmpeg_decode(path: Path, target: str, stream_index: int, timeout_s: float, **output_args) -> bytes:
+    """Run the hardened ffmpeg decode of one audio stream to float32 PCM at ``target``; returns stdout."""
+    command = (
+        ffmpeg.input(_file_url(path), protocol_whitelist="file", format_whitelist=_FORMAT_WHITELIST)
+        .output(target, acodec="pcm_f32le", map=f"0:a:{stream_index}", **output_args)
+        .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-xerror", "-y")
+        .compile(cmd=ffmpeg_exe())
+    )
+    try:
+        proc = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise MediaError(f"{path}: ffmpeg did not finish decoding within {timeout_s:.0f} s") from exc
+    if proc.returncode != 0:
+        raise MediaError(f"{path}: ffmpeg could not decode the audio: {_stderr_tail(proc.stderr)}")
+    return proc.stdout
 
 
 # Samples per channel read at a time when a decoded file is reduced to the working audio.
@@ -217,19 +223,7 @@ def decode_to_file(
     destination.parent.mkdir(parents=True, exist_ok=True)
     decoded = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.decoded.wav")
     try:
-        command = (
-            ffmpeg.input(_file_url(path), protocol_whitelist="file", format_whitelist=_FORMAT_WHITELIST)
-            .output(_file_url(decoded), format="wav", acodec="pcm_f32le", ar=rate_hz, map=f"0:a:{stream_index}",
-                    rf64="auto")
-            .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-xerror", "-y")
-            .compile(cmd=ffmpeg_exe())
-        )
-        try:
-            proc = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise MediaError(f"{path}: ffmpeg did not finish decoding within {timeout_s:.0f} s") from exc
-        if proc.returncode != 0:
-            raise MediaError(f"{path}: ffmpeg could not decode the audio: {_stderr_tail(proc.stderr)}")
+        _ffmpeg_decode(path, _file_url(decoded), stream_index, timeout_s, format="wav", ar=rate_hz, rf64="auto")
         try:
             reader = sf.SoundFile(str(decoded))
         except (RuntimeError, sf.LibsndfileError) as exc:
