@@ -92,6 +92,10 @@ class TranscribeOptions:
     language_window_s: float = 30.0
     language_switch_probability: float = 0.8
     flag: bool = True
+    # Long views are decoded in pieces of at most this length, cut at a quiet
+    # moment: faster-whisper holds a whole input's features in memory (about
+    # 85 MB a minute with tiny.en), and interviews run for hours.
+    piece_s: float = 600.0
 
     def __post_init__(self) -> None:
         check_range("beam_size", self.beam_size, 1, 20)
@@ -100,6 +104,7 @@ class TranscribeOptions:
         check_range("mix_fraction", self.mix_fraction, 0.0, 1.0)
         check_range("language_window_s", self.language_window_s, 5.0, 600.0)
         check_range("language_switch_probability", self.language_switch_probability, 0.0, 1.0)
+        check_range("piece_s", self.piece_s, 30.0, 7200.0)
         if self.on_language_mismatch not in ("fallback", "error"):
             raise ConfigError(
                 f"on_language_mismatch={self.on_language_mismatch!r} is not valid; use 'fallback' or 'error'"
@@ -417,7 +422,10 @@ def _decode(handle, audio: np.ndarray, options: TranscribeOptions, plan: Languag
 
     segments: list[Segment] = []
     runs = plan.runs() or [(0.0, audio.size / WHISPER_RATE_HZ, plan.language)]
-    for start_s, end_s, lang in runs:
+    pieces = [
+        (a, b, lang) for run_start, run_end, lang in runs for a, b in quiet_cuts(audio, run_start, run_end, options.piece_s)
+    ]
+    for start_s, end_s, lang in pieces:
         piece = audio[int(start_s * WHISPER_RATE_HZ) : int(end_s * WHISPER_RATE_HZ)]
         for seg in _run_whisper(handle, piece, options, lang):
             seg.start_s += start_s
@@ -442,6 +450,27 @@ def _decode(handle, audio: np.ndarray, options: TranscribeOptions, plan: Languag
         candidate="",
         evidence={"language_detected": plan.detected, "language_windows": [list(w) for w in plan.windows]},
     )
+
+
+def quiet_cuts(audio: np.ndarray, start_s: float, end_s: float, piece_s: float, search_s: float = 30.0) -> list[tuple[float, float]]:
+    """Split [start_s, end_s) of mono 16 kHz ``audio`` into spans of at most ``piece_s``.
+
+    Each cut is placed in the quietest 100 ms of the ``search_s`` before the
+    limit, so that a cut falls in a pause rather than inside a word.
+    """
+    frame = WHISPER_RATE_HZ // 10
+    spans: list[tuple[float, float]] = []
+    at = start_s
+    while end_s - at > piece_s:
+        lo, hi = int((at + piece_s - search_s) * WHISPER_RATE_HZ), int((at + piece_s) * WHISPER_RATE_HZ)
+        window = audio[lo:hi]
+        frames = window[: window.size // frame * frame].reshape(-1, frame).astype(np.float64)
+        quietest = int(np.argmin((frames**2).mean(axis=1))) if frames.size else 0
+        cut = (lo + quietest * frame + frame // 2) / WHISPER_RATE_HZ
+        spans.append((at, cut))
+        at = cut
+    spans.append((at, end_s))
+    return spans
 
 
 def _run_whisper(handle, audio: np.ndarray, options: TranscribeOptions, language: str) -> list[Segment]:

@@ -132,3 +132,44 @@ def test_batched_decoding_and_its_safety_net(tmp_path):
     filled = _fill_uncovered(handle, audio, [], dict(language="en", beam_size=5, word_timestamps=True))
     assert word_error_rate(" ".join(s.text for s in filled), SENTENCE) <= 0.25
     assert filled[0].start_s == pytest.approx(0.5, abs=0.4)
+
+
+def test_quiet_cuts_fall_in_pauses_and_cover_the_span():
+    from archivox.tasks.transcribe import WHISPER_RATE_HZ, quiet_cuts
+
+    rate = WHISPER_RATE_HZ
+    audio = 0.3 * np.random.default_rng(0).standard_normal(100 * rate).astype(np.float32)
+    for pause_s in (28.0, 61.0):  # 0.3 s pauses where the cuts should go
+        audio[int(pause_s * rate) : int((pause_s + 0.3) * rate)] = 0.0
+    spans = quiet_cuts(audio, 0.0, 100.0, piece_s=40.0)
+    assert spans[0][0] == 0.0 and spans[-1][1] == 100.0
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(b - a <= 40.0 for a, b in spans)
+    assert [round(a[1], 1) for a in spans[:-1]] == [pytest.approx(28.15, abs=0.1), pytest.approx(61.15, abs=0.1)]
+    assert quiet_cuts(audio, 10.0, 30.0, piece_s=40.0) == [(10.0, 30.0)]
+    with pytest.raises(ConfigError, match=r"piece_s=5 is out of range"):
+        TranscribeOptions(piece_s=5)
+
+
+@pytest.mark.slow
+def test_a_long_item_is_decoded_in_pieces_with_times_in_the_file(tmp_path):
+    sentences = [SENTENCE, "Every tape in the collection was checked twice.", "The search finds words by their time."]
+    parts, onsets_s, at = [], [], 0
+    for i in range(14):
+        speech = 0.5 * _tts(sentences[i % 3])
+        if i % 3 == 2:
+            onsets_s.append(at / RATE_HZ)  # "The search finds ..." starts here
+        parts += [speech, np.zeros(int(1.5 * RATE_HZ), np.float32)]
+        at += speech.size + int(1.5 * RATE_HZ)
+    audio = np.concatenate(parts)[np.newaxis, :]
+    path = _write(tmp_path / "long.wav", audio)
+    assert audio.shape[1] / RATE_HZ > 60.0  # so that 30 s pieces make at least two cuts
+    reference = " ".join(sentences[i % 3] for i in range(14))
+    pieces = transcribe_item({"restored": path}, TranscribeOptions(device="cpu", piece_s=30.0))
+    assert word_error_rate(pieces.text(), reference) <= 0.5, pieces.text()  # tiny.en on synthetic speech
+    # Every piece's times are mapped back to the file: the word "search" is heard
+    # where each "The search finds ..." sentence was placed, before and after the cuts.
+    heard = [w.start_s for s in pieces.segments for w in s.words if "search" in w.word.lower()]
+    assert len(heard) >= len(onsets_s) - 1
+    assert all(min(abs(t - o) for o in onsets_s) < 1.5 for t in heard), (heard, onsets_s)
+    assert pieces.segments[-1].end_s > 0.9 * audio.shape[1] / RATE_HZ
