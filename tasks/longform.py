@@ -191,7 +191,6 @@ def run_chain_from_file(
     half = fade_n // 2
     spans = block_spans(total_n, block_n)
     work_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
 
     with _Sinks() as sinks:
         body_path = work_dir / "chain_body.wav" if loud_at is not None else destination
@@ -215,41 +214,36 @@ def run_chain_from_file(
 
         per_stage: list[list[tuple[dict[str, Any], float, float]]] = [[] for _ in block_stages]
         seconds = [0.0] * len(block_stages)
-        with sf.SoundFile(str(source)) as reader:
-            for k, (start, end) in enumerate(spans):
-                last = k == len(spans) - 1
-                w0, w1 = max(0, start - context_n), min(total_n, end + context_n)
-                reader.seek(w0)
-                window = reader.read(w1 - w0, dtype="float32", always_2d=True).T.copy()
-                # What this block emits: its span plus half a fade each side (none at the item's ends).
-                emitted = slice(0 if k == 0 else start - half - w0, (total_n if last else end + half) - w0)
+        for k, ((start, end), (window, w0)) in enumerate(zip(spans, _windows(source, spans, context_n))):
+            last = k == len(spans) - 1
+            # What this block emits: its span plus half a fade each side (none at the item's ends).
+            emitted = slice(0 if k == 0 else start - half - w0, (total_n if last else end + half) - w0)
 
-                def emit(name: str, audio: np.ndarray, window=window, emitted=emitted, last=last) -> None:
-                    if name in stitchers:
-                        stitchers[name].add(audio[:, emitted], last)
-                    if name == residual_at:
-                        stitchers["__residual__"].add(window[:, emitted] - audio[:, emitted], last)
+            def emit(name: str, audio: np.ndarray, window=window, emitted=emitted, last=last) -> None:
+                if name in stitchers:
+                    stitchers[name].add(audio[:, emitted], last)
+                if name == residual_at:
+                    stitchers["__residual__"].add(window[:, emitted] - audio[:, emitted], last)
 
-                audio = window
-                for i, stage in enumerate(block_stages):
-                    emit(stage.name, audio)
-                    started = time.perf_counter()
-                    out = stage(audio, rate_hz)
-                    seconds[i] += time.perf_counter() - started
-                    per_stage[i].append((out.metrics, (end - start) / rate_hz, (w1 - w0) / rate_hz))
-                    audio = out.audio
-                emit("loudness" if loud_at is not None else "__end__", audio)
-                stitchers["__body__"].add(audio[:, emitted], last)
+            audio = window
+            for i, stage in enumerate(block_stages):
+                emit(stage.name, audio)
+                started = time.perf_counter()
+                out = stage(audio, rate_hz)
+                seconds[i] += time.perf_counter() - started
+                per_stage[i].append((out.metrics, (end - start) / rate_hz, window.shape[1] / rate_hz))
+                audio = out.audio
+            emit("loudness" if loud_at is not None else "__end__", audio)
+            stitchers["__body__"].add(audio[:, emitted], last)
         records = [
             StageRecord(stage=s.name, position=i, params=s.params(), metrics=merge_block_metrics(per_stage[i]),
                         seconds=seconds[i], device=s.device)
             for i, s in enumerate(block_stages)
         ]
         sinks.close_all()
-        written.update({"restored": destination} if loud_at is None else {})
-        written.update({name: path for name, path in keep_before.items()})
-        if residual is not None:
-            written["residual"] = residual[1]
+    written: dict[str, Path] = {"restored": destination, **keep_before}
+    if residual is not None:
+        written["residual"] = residual[1]
 
     if loud_at is not None:
         stage = chain.stages[loud_at]
@@ -259,7 +253,6 @@ def run_chain_from_file(
         records.append(StageRecord(stage=stage.name, position=loud_at, params=stage.params(), metrics=metrics,
                                    seconds=time.perf_counter() - started, device=stage.device))
         body_path.unlink(missing_ok=True)
-        written["restored"] = destination
     return LongformResult(records=records, written=written)
 
 
@@ -278,7 +271,8 @@ def _loudness_from_file(stage, source: Path, destination: Path, work_dir: Path, 
         reduction = 0.0
         with _Sinks() as sinks:
             out = sinks.open(staged, rate_hz, channels)
-            for block, core in _windows(source, spans, context_n):
+            for (start, end), (block, w0) in zip(spans, _windows(source, spans, context_n)):
+                core = slice(start - w0, end - w0)
                 limited, r = stage.gain_and_limit(block, rate_hz, gain_db)
                 piece = limited[:, core]
                 out.write(piece)
@@ -313,15 +307,14 @@ def _loudness_from_file(stage, source: Path, destination: Path, work_dir: Path, 
     return metrics
 
 
-def _windows(source: Path, spans: list[tuple[int, int]], context_n: int) -> Iterator[tuple[np.ndarray, slice]]:
-    """(block with context, the slice of it that is the block's own span) for each span."""
+def _windows(source: Path, spans: list[tuple[int, int]], context_n: int) -> Iterator[tuple[np.ndarray, int]]:
+    """For each span: (the span with ``context_n`` samples each side, (channels, samples); where that starts)."""
     with sf.SoundFile(str(source)) as reader:
         total = reader.frames
         for start, end in spans:
             w0, w1 = max(0, start - context_n), min(total, end + context_n)
             reader.seek(w0)
-            block = reader.read(w1 - w0, dtype="float32", always_2d=True).T.copy()
-            yield block, slice(start - w0, end - w0)
+            yield reader.read(w1 - w0, dtype="float32", always_2d=True).T.copy(), w0
 
 
 def _copy_as_flac(source: Path, destination: Path, scale: float) -> None:
