@@ -18,11 +18,16 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from archivox.errors import ArchivoxError
 
-console = Console(stderr=False, highlight=False)
-errors = Console(stderr=True, highlight=False)
+# Markup is off because file names, errors and transcripts are user text:
+# "[Music]" or a file called "[/x].wav" must print as written, not be parsed
+# as styling (or crash the summary). Soft wrap keeps each message on one line
+# so logs can be grepped and JSON stays valid when stdout is not a terminal.
+console = Console(stderr=False, highlight=False, markup=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
 def _stage_params(pairs: list[str]) -> dict[str, dict]:
@@ -85,9 +90,12 @@ def cmd_run(args) -> int:
     root = Path(args.root) if args.root else manifest.resolve().parent
     out = Path(args.out)
     catalog = Path(args.catalog) if args.catalog else out / "catalog"
+    # Checked before Prefect's folder is created under OUT, which would land in
+    # the archive; outputs inside the archive would also be picked up by `scan`.
     if out.resolve() == root.resolve():
-        # Checked before Prefect's folder is created under OUT, which would land in the archive.
         raise ArchivoxError(f"--out {out} is the archive root; choose an output folder outside the archive")
+    if out.resolve().is_relative_to(root.resolve()):
+        raise ArchivoxError(f"--out {out} is inside the archive root {root}; choose an output folder outside the archive")
     options = _run_options(args)
     _prepare_prefect(out / ".prefect", args.verbose)
     from archivox.flows.archive_run import run_archive
@@ -110,7 +118,7 @@ def cmd_run(args) -> int:
         table.add_column(column, overflow="fold")
     for item in summary["items"]:
         style = {"ok": "green", "failed": "red", "skipped": "dim"}[item["status"]]
-        table.add_row(item["item_id"], item["path"], f"[{style}]{item['status']}[/]", item["error"][:160])
+        table.add_row(item["item_id"], item["path"], Text(item["status"], style=style), item["error"][:160])
     console.print(table)
     console.print(
         f"{summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped; "
@@ -404,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ArchivoxError as exc:
-        errors.print(f"[red]archivox: {exc}[/]")
+        errors.print(f"archivox: {exc}", style="red")
         return 2
 
 

@@ -8,6 +8,7 @@ import soundfile as sf
 
 from archivox.cli import main
 from archivox.manifest import read_manifest
+from signals import RATE_HZ, tone
 
 
 def test_scan_writes_a_manifest_of_readable_media(demo_archive, tmp_path, capsys):
@@ -47,3 +48,23 @@ def test_transcribe_one_file_writes_sidecars(demo_archive, tmp_path, capsys):
         assert (tmp_path / f"newsreel{suffix}").stat().st_size > 0
     assert main(["transcribe", str(demo_archive.root / "film" / "newsreel_1949.mp4"), "--model", "no-such-model"]) == 2
     assert "never downloads" in capsys.readouterr().err
+
+
+def test_bracketed_names_and_long_errors_print_as_written(tmp_path, capsys):
+    # Rich markup would swallow "[take 2]" as a style (and crash on a stray
+    # closing tag); a long error must stay on one line whatever the width.
+    (tmp_path / "[bold]").mkdir()
+    source = tmp_path / "[bold]" / "reel [take 2].wav"
+    sf.write(str(source), (0.1 * tone(440.0, 1.0) + 0.01).T, RATE_HZ)
+    output = tmp_path / "restored [take 2].wav"
+    assert main(["restore", str(source), "-o", str(output), "--stages", "dc"]) == 0
+    printed = capsys.readouterr().out
+    assert "[bold]" in printed and "[take 2]" in printed and output.exists()
+
+    deep = tmp_path.joinpath(*["a-long-folder-name-for-a-collection"] * 6)
+    deep.mkdir(parents=True)
+    assert main(["run", str(source), "--root", str(deep), "--out", str(deep)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {deep} is the archive root; choose an output folder" in err
+    assert main(["run", str(source), "--root", str(deep), "--out", str(deep / "restored")]) == 2
+    assert "is inside the archive root" in capsys.readouterr().err
