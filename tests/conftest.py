@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 # set before anything imports prefect.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="archivox-prefect-home-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
+# At exit, after the harness's server has stopped writing to it; otherwise
+# every test session leaves a folder behind in the temp dir.
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
