@@ -34,7 +34,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -229,34 +229,43 @@ def _lag_samples(d: np.ndarray, x: np.ndarray, max_lag: int) -> int:
 
 
 def asr_views(sources: Mapping[str, Path | np.ndarray], options: TranscribeOptions) -> dict[str, np.ndarray]:
-    """The candidate views the options ask for that this item can provide.
+    """The candidate views the options ask for that this item can provide, all loaded.
 
     ``sources`` values are files, or mono 16 kHz arrays ``(samples,)``.
     """
+    return {name: load() for name, load in asr_view_loaders(sources, options).items()}
+
+
+def asr_view_loaders(
+    sources: Mapping[str, Path | np.ndarray], options: TranscribeOptions
+) -> dict[str, Callable[[], np.ndarray]]:
+    """Like :func:`asr_views`, but each view is made only when its loader is called.
+
+    Transcription decodes one view at a time through these, so an item's
+    memory holds one view (mono 16 kHz, about 0.23 GB per hour) rather than
+    all of them.
+    """
     wanted = list(options.candidates) if options.asr_input == "auto" else [options.asr_input]
-    cache: dict[str, np.ndarray] = {}
 
-    def get(name: str) -> np.ndarray:
-        if name not in cache:
-            value = sources[name]
-            cache[name] = value if isinstance(value, np.ndarray) else load_audio_16k(Path(value))
-        return cache[name]
+    def read(name: str) -> np.ndarray:
+        value = sources[name]
+        return value if isinstance(value, np.ndarray) else load_audio_16k(Path(value))
 
-    views: dict[str, np.ndarray] = {}
+    loaders: dict[str, Callable[[], np.ndarray]] = {}
     for name in wanted:
         if name == "denoised" and "denoised" not in sources:
             if "pre_denoise" in sources:
-                views["denoised"] = denoise_for_asr(sources["pre_denoise"], options.device)
+                loaders["denoised"] = lambda: denoise_for_asr(sources["pre_denoise"], options.device)
         elif name == "mix":
             if "pre_denoise" in sources:
-                views["mix"] = observation_mix(get("restored"), get("pre_denoise"), options.mix_fraction)
+                loaders["mix"] = lambda: observation_mix(read("restored"), read("pre_denoise"), options.mix_fraction)
         elif name in sources:
-            views[name] = get(name)
-    if not views:
+            loaders[name] = lambda name=name: read(name)
+    if not loaders:
         # Without a denoise stage there is no pre-denoise audio: the restored
         # audio then is the DSP-only view already.
-        views["restored"] = get("restored")
-    return views
+        loaders["restored"] = lambda: read("restored")
+    return loaders
 
 
 def denoise_for_asr(source: Path | np.ndarray, device: str = "auto", rate_hz: int = WHISPER_RATE_HZ) -> np.ndarray:
@@ -310,12 +319,16 @@ def transcribe_candidates(
         raise ConfigError(f"transcribe_item needs a 'restored' source; got {sorted(sources)}")
     language = whisper_language(language or options.language)
     handle = _model_for(options, language)
-    views = asr_views(sources, options)
-    # Detect the language once, on the first view, so that every candidate is
-    # decoded in the same language and scores compare like with like.
-    first = next(iter(views.values()))
-    plan = language_plan(handle, first, language, options)
-    results = {name: _decode(handle, audio, options, plan) for name, audio in views.items()}
+    results: dict[str, Transcript] = {}
+    plan = None
+    for name, load in asr_view_loaders(sources, options).items():
+        audio = load()
+        if plan is None:
+            # Detect the language once, on the first view, so that every candidate
+            # is decoded in the same language and scores compare like with like.
+            plan = language_plan(handle, audio, language, options)
+        results[name] = _decode(handle, audio, options, plan)
+        del audio  # one view in memory at a time
     chosen = choose(results)
     return chosen, results
 

@@ -165,3 +165,29 @@ def test_denoised_view_is_made_from_pre_denoise_unless_the_item_has_one(tmp_path
     chosen, results = transcribe_candidates(files, options)
     assert set(results) == {"denoised", "pre_denoise"} and chosen.candidate in results
     assert word_error_rate(chosen.text(), TEXT) <= 0.3, chosen.text()
+
+
+def test_views_are_decoded_one_at_a_time(tmp_path):
+    # Three two-minute views held at once would need three times one view's
+    # memory; decoded one after another, the peak is about one view's.
+    import tracemalloc
+
+    rate_hz, seconds = 16_000, 120
+    files = {}
+    for i, name in enumerate(("restored", "pre_denoise", "original")):
+        files[name] = tmp_path / f"{name}.wav"
+        sf.write(str(files[name]), white_noise(seconds, level_db=-70.0, seed=i, rate_hz=rate_hz)[0], rate_hz)
+    one_view_bytes = seconds * rate_hz * 4
+
+    def peak_bytes(candidates) -> int:
+        options = TranscribeOptions(candidates=candidates, flag=False)
+        transcribe_candidates(files, options)  # warm the model first
+        tracemalloc.start()
+        try:
+            transcribe_candidates(files, options)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    extra = peak_bytes(("restored", "pre_denoise", "original")) - peak_bytes(("restored",))
+    assert extra < 0.5 * one_view_bytes, f"{extra / one_view_bytes:.2f} views more at the peak with three candidates"
