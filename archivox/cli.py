@@ -47,19 +47,26 @@ def _stage_params(pairs: list[str]) -> dict[str, dict]:
     return params
 
 
-def _run_options(args):
-    from archivox.config import RestoreOptions, RunOptions
-    from archivox.tasks.transcribe import TranscribeOptions
+def _restore_options(args, residual: bool = False):
+    """The restoration options that `run` and `restore` share."""
+    from archivox.config import RestoreOptions
 
-    restore = RestoreOptions(
+    return RestoreOptions(
         stages=args.stages.split(",") if args.stages else [],
         preset=args.preset,
         params=_stage_params(args.set or []),
         channel_policy=args.channel_policy,
-        residual=args.residual,
+        residual=residual,
         block_s=args.block_s,
         long_s=args.long_s,
     )
+
+
+def _run_options(args):
+    from archivox.config import RunOptions
+    from archivox.tasks.transcribe import TranscribeOptions
+
+    restore = _restore_options(args, residual=args.residual)
     transcribe = TranscribeOptions(model=args.model, language=args.language)
     return RunOptions(
         restore=restore,
@@ -152,21 +159,14 @@ def _decoded(path: Path, channel_policy: str, work_parent: Path | None = None):
 def cmd_restore(args) -> int:
     import soundfile
 
-    from archivox.config import RestoreOptions, RunOptions
+    from archivox.config import RunOptions
     from archivox.tasks.chain import build_chain
     from archivox.tasks.pipeline import plan_stages, read_audio, write_flac, write_wav
 
     source, destination = Path(args.input), Path(args.output)
     if destination.resolve() == source.resolve():
         raise ArchivoxError("the output would overwrite the input; choose another -o path")
-    restore = RestoreOptions(
-        stages=args.stages.split(",") if args.stages else [],
-        preset=args.preset,
-        params=_stage_params(args.set or []),
-        channel_policy=args.channel_policy,
-        block_s=args.block_s,
-        long_s=args.long_s,
-    )
+    restore = _restore_options(args)
     options = RunOptions(restore=restore, device=args.device, transcribe_enabled=False)
     with _decoded(source, args.channel_policy, destination.parent) as decoded:
         info = soundfile.info(str(decoded))
