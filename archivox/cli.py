@@ -179,6 +179,10 @@ def cmd_restore(args) -> int:
             result = chain(audio, rate_hz)
             (write_wav if destination.suffix.lower() == ".wav" else write_flac)(destination, result.audio, rate_hz)
             records = result.records
+    if args.json:
+        print(json.dumps({"input": str(source), "output": str(destination),
+                          "stages": [dataclasses.asdict(r) for r in records]}, indent=2, default=str))
+        return 0
     table = Table(title=f"{source} -> {destination}")
     for column in ("stage", "seconds", "device", "metrics"):
         table.add_column(column, overflow="fold")
@@ -361,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore = sub.add_parser("restore", help="restore one file")
     restore.add_argument("input")
     restore.add_argument("-o", "--output", required=True, help="output file (.flac 24-bit, or .wav float)")
+    restore.add_argument("--json", action="store_true", help="print each stage's parameters and findings as JSON")
     _add_restore_options(restore)
     restore.set_defaults(handler=cmd_restore)
 
