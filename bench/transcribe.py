@@ -150,6 +150,9 @@ def main() -> None:
                     help="minutes of clean corpus speech over which hallucination flags are counted (0: skip)")
     ap.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
                     help="time restoration and transcription afresh (never from --cache)")
+    ap.add_argument("--long", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure long items whose conditions change (see _long_items)")
+    ap.add_argument("--long-only", action="store_true", help="measure only the long items")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -186,6 +189,15 @@ def main() -> None:
     asr_seconds = time.perf_counter() - t0
     clean_wer = wer(refs, clean_hyps)
     print(f"{len(rows)} utterances, {audio_s:.0f} s; clean WER {clean_wer:.1f} %  ({asr_seconds:.1f} s)", flush=True)
+
+    if args.long_only:
+        lines = _long_items(args, rows, speech, noises, conditions, options, wer)
+        text = "\n".join(lines) + "\n"
+        print(text)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        return
 
     view_of = {"mix": f"mix{options.mix_fraction:g}", "pre_denoise": "dsp", "restored": "restored",
                "denoised": "denoised", "original": "raw"}
@@ -234,7 +246,7 @@ def main() -> None:
             for v in all_views:
                 hyps[v].append(results[v].text())
             for name, cands in list(policies.items()) + [("default", options.candidates)]:
-                pick_tr = choose({c: _copy(results[view_of[c]]) for c in cands})
+                pick_tr = choose({c: _copy(results[view_of[c]]) for c in cands}, by=options.choose_by)
                 (default_hyps if name == "default" else chosen[name]).append(pick_tr.text())
                 if name == "default":
                     winners[pick_tr.candidate] = winners.get(pick_tr.candidate, 0) + 1
@@ -246,6 +258,8 @@ def main() -> None:
 
     lines = _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timing, stages_run,
                     asr_seconds, options)
+    if args.long:
+        lines += _long_items(args, rows, speech, noises, conditions, options, wer)
     if args.flag_minutes > 0:
         lines += _flag_rate(corpus, args.flag_minutes, options)
     if args.speed:
@@ -255,6 +269,75 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+
+
+def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: float = 0.8) -> list[str]:
+    """WER on long items whose condition changes from one utterance to the next, like an interview's.
+
+    Item k joins, with ``pause_s`` of quiet between them, utterance
+    (k + j * step) % n degraded by condition j, for every condition j: the
+    same degraded utterances as the main table (same noise clip and seed),
+    grouped differently, so each condition still covers every utterance
+    once. Each item is restored whole, as the pipeline restores an item, and
+    its views are decoded whole; the table compares choosing one view per
+    item with choosing stretch by stretch.
+    """
+    n = len(rows)
+    step = max(1, n // max(len(conditions), 1))
+    rng = np.random.default_rng(7)
+    cache = args.cache / args.model.replace("/", "_") / "long" if args.cache else None
+    views = ("raw", "dsp", "denoised")
+    hyps: dict[str, list[str]] = {k: [] for k in ("raw", "dsp", "denoised", "item", "stretch")}
+    refs: list[str] = []
+    stretch_views: dict[str, int] = {}
+    stretches, seconds = 0, 0.0
+    for k in range(n):
+        members = [((k + j * step) % n, cond) for j, cond in enumerate(conditions)]
+        refs.append(" ".join(rows[i]["transcript"] for i, _ in members))
+        row = {"path": f"long_{k:03d}.wav"}
+        results = _cached(cache, "long", row, list(views))
+        if results is None:
+            quiet = (1e-3 * rng.standard_normal(int(pause_s * RATE_HZ))).astype(np.float32)
+            parts = []
+            for i, cond in members:
+                parts += [degrade(speech[i], cond, noises[i % len(noises)], seed=1000 + i), quiet]
+            degraded = np.concatenate(parts)
+            pre, denoised, _, _ = restore_item(degraded)
+            audio = {v: to_whisper_input(x, RATE_HZ) for v, x in zip(views, (degraded, pre, denoised))}
+            results = {
+                v: transcribe_candidates({"restored": audio[v]}, replace(options, asr_input="restored"))[0] for v in views
+            }
+            _store(cache, "long", row, results)
+        seconds += results["raw"].duration_s
+        for v in views:
+            hyps[v].append(results[v].text())
+        pair = {"denoised": results["denoised"], "pre_denoise": results["dsp"]}
+        hyps["item"].append(choose({c: _copy(t) for c, t in pair.items()}, by="item").text())
+        by_stretch = choose({c: _copy(t) for c, t in pair.items()}, by="stretch")
+        hyps["stretch"].append(by_stretch.text())
+        for st in by_stretch.evidence.get("stretches", [{"view": by_stretch.candidate}]):
+            stretches += 1
+            stretch_views[st["view"]] = stretch_views.get(st["view"], 0) + 1
+        print(f"long item {k + 1}/{n}", flush=True)
+    w = {key: wer(refs, h) for key, h in hyps.items()}
+    print("long items", {k: round(v, 1) for k, v in w.items()}, flush=True)
+    return [
+        "",
+        f"## Long items whose condition changes ({n} items, {seconds / 60:.1f} min)",
+        "",
+        f"Each item joins {len(conditions)} of the utterances above, each in another condition "
+        f"({', '.join(conditions)}), with {pause_s:g} s of quiet between them; each condition still covers every "
+        "utterance once, with the same degradation as in the table above. Items are restored whole, as the pipeline "
+        "restores an item, and each view is decoded whole. WER in %, all items pooled.",
+        "",
+        "| raw | dsp | denoised | archivox, one view per item | archivox, view chosen per stretch (default) |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {w['raw']:.1f} | {w['dsp']:.1f} | {w['denoised']:.1f} | {w['item']:.1f} ({w['item'] / w['raw']:.2f}x raw) "
+        f"| **{w['stretch']:.1f}** ({w['stretch'] / w['raw']:.2f}x raw) |",
+        "",
+        f"Stretches chosen per view: {', '.join(f'{v} {c}' for v, c in sorted(stretch_views.items()))} "
+        f"({stretches} stretches, {stretches / n:.1f} per item).",
+    ]
 
 
 def _flag_rate(corpus: Path, minutes: float, options: TranscribeOptions) -> list[str]:

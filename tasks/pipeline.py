@@ -476,9 +476,9 @@ def transcript_rows(plan: ItemPlan, transcript) -> tuple[list[dict], list[dict]]
                 "avg_logprob": segment.avg_logprob,
                 "no_speech_prob": segment.no_speech_prob,
                 "compression_ratio": segment.compression_ratio,
-                "language": getattr(segment, "language", "") or transcript.language,
+                "language": segment.language or transcript.language,
                 "flags": list(segment.flags),
-                "candidate": getattr(segment, "candidate", "") or transcript.candidate,
+                "candidate": segment.candidate or transcript.candidate,
             }
         )
         for word_index, word in enumerate(segment.words):

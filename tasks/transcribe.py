@@ -20,9 +20,11 @@ listener gets:
 With ``asr_input="auto"`` (the default) every view in ``candidates`` that the
 item has is decoded, each transcript is scored from its own evidence (mean
 log-probability with flagged segments counted as bad, compression ratio,
-no-speech probability) and the best one is kept; ``Transcript.candidate``
-names it and ``Transcript.evidence`` holds every candidate's score and the
-agreement between them.
+no-speech probability) and the best one is kept, stretch by stretch between
+the pauses all views share (``choose_by``); ``Transcript.candidate`` names
+the view or views used, each ``Segment.candidate`` its own, and
+``Transcript.evidence`` holds every candidate's score, the agreement between
+them and the choice made for each stretch.
 
 Audio reaches Whisper as float32 mono ``(samples,)`` at 16 kHz; the item's
 files (any rate, any channel count) are mixed down and resampled here.
@@ -84,6 +86,10 @@ class TranscribeOptions:
     # audio. The restored file itself read worse than either, and word-level
     # merging or a third view gained nothing that held across conditions.
     candidates: tuple[str, ...] = ("denoised", "pre_denoise")
+    # "stretch": the choice is made anew for each stretch between pauses that
+    # all candidates share (an interview's noise changes); "item": one
+    # candidate for the whole item.
+    choose_by: str = "stretch"
     # Share (0-1, in amplitude) of the pre-denoise audio in the "mix" view.
     mix_fraction: float = 0.3
     # Language detection: windows of this length are checked separately on
@@ -111,6 +117,8 @@ class TranscribeOptions:
             )
         if self.asr_input not in ASR_INPUTS:
             raise ConfigError(f"asr_input={self.asr_input!r} is not valid; use one of {', '.join(ASR_INPUTS)}")
+        if self.choose_by not in ("stretch", "item"):
+            raise ConfigError(f"choose_by={self.choose_by!r} is not valid; use 'stretch' or 'item'")
         self.candidates = tuple(self.candidates)
         bad = [c for c in self.candidates if c not in VIEWS]
         if bad or not self.candidates:
@@ -137,6 +145,7 @@ class Segment:
     words: list[Word] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     language: str = ""  # set where an item is transcribed window by window in several languages
+    candidate: str = ""  # the view it was decoded from, where the choice was made stretch by stretch
 
 
 @dataclass
@@ -329,7 +338,7 @@ def transcribe_candidates(
             plan = language_plan(handle, audio, language, options)
         results[name] = _decode(handle, audio, options, plan)
         del audio  # one view in memory at a time
-    chosen = choose(results)
+    chosen = choose(results, by=options.choose_by)
     return chosen, results
 
 
@@ -570,7 +579,11 @@ def score(transcript: Transcript) -> float:
     segment flagged as a likely hallucination counts as ``-3``; an empty
     transcript scores ``-1.5``, so that it beats garbage but not speech.
     """
-    spoken = [s for s in transcript.segments if s.text.strip()]
+    return _segments_score(transcript.segments)
+
+
+def _segments_score(segments: Sequence[Segment]) -> float:
+    spoken = [s for s in segments if s.text.strip()]
     if not spoken:
         return _EMPTY_SCORE
     weights = np.array([max(s.end_s - s.start_s, 0.1) for s in spoken])
@@ -580,26 +593,44 @@ def score(transcript: Transcript) -> float:
     return float(weights @ values / weights.sum())
 
 
-def choose(results: Mapping[str, Transcript], agreement_weight: float = 0.5) -> Transcript:
-    """Keep the candidate with the best evidence; record every candidate's evidence on it.
+def _evidence(texts: Mapping[str, str], scores: Mapping[str, float], agreement_weight: float) -> tuple[str, dict]:
+    """(best name, its agreement per name) from each candidate's text and score.
 
-    Evidence = ``score`` (the transcript's own confidence) plus
-    ``agreement_weight`` x its mean word agreement with the other candidates:
-    with three or more candidates this leans towards the reading most of
-    them share (minimum-Bayes-risk selection), which protects against one
-    view's confident mistake; with two, agreement is symmetric and only the
-    scores decide.
+    With three or more candidates the total leans towards the reading most of
+    them share (minimum-Bayes-risk selection); with two, agreement is
+    symmetric and only the scores decide. Ties go to the earlier candidate.
     """
-    names = list(results)
-    scores = {n: score(results[n]) for n in names}
+    names = list(texts)
     agreement = {n: 1.0 for n in names}
     if len(names) > 2:
-        texts = {n: results[n].text() for n in names}
         agreement = {
-            n: float(np.mean([1.0 - min(1.0, word_distance(texts[n], texts[m])) for m in names if m != n])) for n in names
+            n: float(np.mean([1.0 - min(1.0, word_distance(texts[n], texts[m])) for m in names if m != n]))
+            for n in names
         }
     total = {n: scores[n] + agreement_weight * agreement[n] for n in names}
-    best = max(names, key=lambda n: (total[n], -names.index(n)))
+    return max(names, key=lambda n: (total[n], -names.index(n))), agreement
+
+
+def choose(results: Mapping[str, Transcript], agreement_weight: float = 0.5, by: str = "stretch",
+           min_pause_s: float = 0.3) -> Transcript:
+    """Keep the candidate with the best evidence; record every candidate's evidence on the result.
+
+    Evidence = ``score`` (the transcript's own confidence) plus
+    ``agreement_weight`` x its mean word agreement with the other candidates,
+    which protects against one view's confident mistake.
+
+    ``by="item"`` keeps one candidate for the whole item. ``by="stretch"``
+    cuts the item at the pauses (``min_pause_s`` or longer) where no candidate
+    has a segment, and chooses stretch by stretch: an interview whose noise
+    changes gets, for each stretch, the view that reads it best. An item
+    with one stretch gets the same result either way.
+    """
+    if by not in ("item", "stretch"):
+        raise ConfigError(f"choose(by={by!r}) is not valid; use 'item' or 'stretch'")
+    names = list(results)
+    scores = {n: score(results[n]) for n in names}
+    texts = {n: results[n].text() for n in names}
+    best, agreement = _evidence(texts, scores, agreement_weight)
     evidence: dict[str, Any] = {
         "scores": {n: round(scores[n], 4) for n in names},
         "candidates": {
@@ -613,18 +644,77 @@ def choose(results: Mapping[str, Transcript], agreement_weight: float = 0.5) -> 
             for n, t in results.items()
         },
     }
-    if len(names) > 1:
-        # Candidates that read the same words are evidence that the words are
-        # in the audio; record how close each one came to the winner.
-        evidence["agreement_with_chosen"] = {
-            n: round(1.0 - min(1.0, word_distance(results[n].text(), results[best].text())), 4) for n in names if n != best
-        }
     if len(names) > 2:
         evidence["mean_agreement"] = {n: round(agreement[n], 4) for n in names}
-    chosen = results[best]
-    chosen.candidate = best
+    stretches = _stretches(results, min_pause_s) if by == "stretch" and len(names) > 1 else []
+    if len(stretches) > 1:
+        chosen = _choose_stretches(results, stretches, agreement_weight)
+        evidence["stretches"] = chosen.evidence.pop("stretches")
+    else:
+        chosen = results[best]
+        chosen.candidate = best
+    if len(names) > 1:
+        # Candidates that read the same words are evidence that the words are
+        # in the audio; record how close each one came to the result.
+        evidence["agreement_with_chosen"] = {
+            n: round(1.0 - min(1.0, word_distance(texts[n], chosen.text())), 4) for n in names if n != chosen.candidate
+        }
     chosen.evidence = {**chosen.evidence, **evidence}
     return chosen
+
+
+def _stretches(results: Mapping[str, Transcript], min_pause_s: float) -> list[tuple[float, float]]:
+    """Time spans covered by some candidate's spoken segment, split where all of them pause."""
+    spans = sorted((s.start_s, s.end_s) for t in results.values() for s in t.segments if s.text.strip())
+    merged: list[list[float]] = []
+    for start, end in spans:
+        if merged and start < merged[-1][1] + min_pause_s:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
+
+
+def _choose_stretches(results: Mapping[str, Transcript], stretches: list[tuple[float, float]],
+                      agreement_weight: float) -> Transcript:
+    """One transcript of, per stretch, the segments of the candidate with the best evidence there."""
+    names = list(results)
+    first = results[names[0]]
+    edges = [b for _, b in stretches[:-1]]
+    in_stretch: dict[str, list[list[Segment]]] = {n: [[] for _ in stretches] for n in names}
+    for n, t in results.items():
+        for seg in t.segments:
+            if seg.text.strip():
+                # A segment lies inside one stretch; its middle says which.
+                in_stretch[n][int(np.searchsorted(edges, 0.5 * (seg.start_s + seg.end_s)))].append(seg)
+    segments: list[Segment] = []
+    record: list[dict[str, Any]] = []
+    seconds = {n: 0.0 for n in names}
+    for i, (start, end) in enumerate(stretches):
+        parts = {n: in_stretch[n][i] for n in names}
+        scores = {n: _segments_score(parts[n]) for n in names}
+        texts = {n: " ".join(s.text for s in parts[n]) for n in names}
+        best, _ = _evidence(texts, scores, agreement_weight)
+        for seg in parts[best]:
+            seg.candidate = best
+        segments.extend(parts[best])
+        seconds[best] += end - start
+        record.append({"start_s": round(start, 2), "end_s": round(end, 2), "view": best,
+                       "scores": {n: round(v, 4) for n, v in scores.items()}})
+    for i, seg in enumerate(segments):
+        seg.index = i
+    used = sorted((n for n in names if seconds[n] > 0), key=lambda n: -seconds[n])
+    return Transcript(
+        segments=segments,
+        language=first.language,
+        language_probability=first.language_probability,
+        duration_s=first.duration_s,
+        model_name=first.model_name,
+        model_sha256=first.model_sha256,
+        # One name when one view won everywhere; else the views used, most speech first.
+        candidate="+".join(used) if used else names[0],
+        evidence={**first.evidence, "stretches": record},
+    )
 
 
 def word_distance(a: str, b: str) -> float:

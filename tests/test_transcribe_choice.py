@@ -191,3 +191,41 @@ def test_views_are_decoded_one_at_a_time(tmp_path):
 
     extra = peak_bytes(("restored", "pre_denoise", "original")) - peak_bytes(("restored",))
     assert extra < 0.5 * one_view_bytes, f"{extra / one_view_bytes:.2f} views more at the peak with three candidates"
+
+
+def test_stretch_choice_takes_each_stretch_from_the_view_that_reads_it_best():
+    # Two stretches separated by a pause both views share: the denoised view
+    # is sure of the first, the DSP view of the second.
+    denoised = _t([_s(0.0, 4.0, "the tape was found in the attic", -0.2),
+                   _s(6.0, 9.0, "bright lakes of soda", -1.1)])
+    dsp = _t([_s(0.1, 4.1, "the tape was found in the addict", -0.7),
+              _s(6.1, 9.0, "twenty miles to the south", -0.3)])
+    chosen = choose({"denoised": denoised, "pre_denoise": dsp}, by="stretch")
+    assert chosen.text() == "the tape was found in the attic twenty miles to the south"
+    assert [s.candidate for s in chosen.segments] == ["denoised", "pre_denoise"]
+    assert [s.index for s in chosen.segments] == [0, 1]
+    assert chosen.candidate == "denoised+pre_denoise"
+    assert [st["view"] for st in chosen.evidence["stretches"]] == ["denoised", "pre_denoise"]
+
+    # One candidate for the whole item: the one with the better mean.
+    whole = choose({"denoised": _t(list(denoised.segments)), "pre_denoise": _t(list(dsp.segments))}, by="item")
+    assert whole.candidate in ("denoised", "pre_denoise") and len(whole.segments) == 2
+
+
+def test_stretch_choice_drops_text_that_only_one_view_hears_in_a_pause():
+    denoised = _t([_s(0.0, 3.0, "we walked to the river", -0.3), _s(5.0, 7.0, "Thank you.", -0.2, ["in_silence"])])
+    dsp = _t([_s(0.0, 3.0, "we walked to the liver", -0.5)])
+    chosen = choose({"denoised": denoised, "pre_denoise": dsp}, by="stretch")
+    assert chosen.text() == "we walked to the river"
+    assert chosen.evidence["stretches"][1]["view"] == "pre_denoise"  # empty beats a flagged segment
+
+
+def test_one_stretch_gives_the_item_choice():
+    a = _t([_s(0.0, 3.0, "one long sentence", -0.4)])
+    b = _t([_s(0.2, 3.1, "one long sentences", -0.6)])
+    by_item = choose({"a": _t(list(a.segments)), "b": _t(list(b.segments))}, by="item")
+    by_stretch = choose({"a": a, "b": b}, by="stretch")
+    assert by_item.text() == by_stretch.text() and by_stretch.candidate == "a"
+    assert "stretches" not in by_stretch.evidence
+    with pytest.raises(ConfigError, match="choose_by"):
+        TranscribeOptions(choose_by="segment")
