@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import re
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -695,9 +696,8 @@ def _choose_stretches(results: Mapping[str, Transcript], stretches: list[tuple[f
         scores = {n: _segments_score(parts[n]) for n in names}
         texts = {n: " ".join(s.text for s in parts[n]) for n in names}
         best, _ = _evidence(texts, scores, agreement_weight)
-        for seg in parts[best]:
-            seg.candidate = best
-        segments.extend(parts[best])
+        # Copies: the candidates' own transcripts stay as they were decoded.
+        segments.extend(dataclasses.replace(seg, candidate=best) for seg in parts[best])
         seconds[best] += end - start
         record.append({"start_s": round(start, 2), "end_s": round(end, 2), "view": best,
                        "scores": {n: round(v, 4) for n, v in scores.items()}})

@@ -229,3 +229,15 @@ def test_one_stretch_gives_the_item_choice():
     assert "stretches" not in by_stretch.evidence
     with pytest.raises(ConfigError, match="choose_by"):
         TranscribeOptions(choose_by="segment")
+
+
+def test_stretch_choice_leaves_the_candidates_as_decoded():
+    a = _t([_s(0.0, 2.0, "first part", -0.2), _s(4.0, 6.0, "second bit", -0.9)])
+    b = _t([_s(0.0, 2.0, "first parts", -0.8), _s(4.0, 6.0, "second part", -0.1)])
+    for t in (a, b):
+        for i, seg in enumerate(t.segments):
+            seg.index = i
+    before = (a.to_dict(), b.to_dict())
+    chosen = choose({"a": a, "b": b}, by="stretch")
+    assert chosen.text() == "first part second part"
+    assert (a.to_dict(), b.to_dict()) == before
