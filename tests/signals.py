@@ -239,3 +239,21 @@ def lossy_roundtrip(source: Path, codec: str, workdir: Path, extra_args: tuple[s
     subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source),
                     *extra_args, *args, str(encoded)], check=True, timeout=120)
     return decode(encoded)
+
+
+def click_pairs(duration_s: float, pairs_per_s: float, gap_samples: tuple[int, int] = (6, 14),
+                amplitude: float = 0.5, seed: int = 0, rate_hz: int = RATE_HZ) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of 1-3 sample impulses a few samples apart (``gap_samples`` range, start to start), as
+    scratches and crackle make. Returns (signal (1, n), sample indices of every impulse (2 * pairs,))."""
+    r = rng(seed)
+    n = int(round(duration_s * rate_hz))
+    count = int(round(duration_s * pairs_per_s))
+    firsts = np.sort(r.choice(np.arange(100, n - 100 - gap_samples[1]), size=count, replace=False))
+    out = np.zeros(n, dtype=np.float32)
+    positions = []
+    for p in firsts:
+        for q in (int(p), int(p) + int(r.integers(gap_samples[0], gap_samples[1] + 1))):
+            width = int(r.integers(1, 4))
+            out[q:q + width] = amplitude * r.choice([-1.0, 1.0]) * r.uniform(0.5, 1.0)
+            positions.append(q)
+    return out[None, :], np.array(positions)
