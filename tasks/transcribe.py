@@ -698,7 +698,8 @@ def _choose_stretches(results: Mapping[str, Transcript], stretches: list[tuple[f
         best, _ = _evidence(texts, scores, agreement_weight)
         # Copies: the candidates' own transcripts stay as they were decoded.
         segments.extend(dataclasses.replace(seg, candidate=best) for seg in parts[best])
-        seconds[best] += end - start
+        if parts[best]:
+            seconds[best] += end - start
         record.append({"start_s": round(start, 2), "end_s": round(end, 2), "view": best,
                        "scores": {n: round(v, 4) for n, v in scores.items()}})
     for i, seg in enumerate(segments):
@@ -711,7 +712,7 @@ def _choose_stretches(results: Mapping[str, Transcript], stretches: list[tuple[f
         duration_s=first.duration_s,
         model_name=first.model_name,
         model_sha256=first.model_sha256,
-        # One name when one view won everywhere; else the views used, most speech first.
+        # One name when one view's text is all there is; else the views used, most speech first.
         candidate="+".join(used) if used else names[0],
         evidence={**first.evidence, "stretches": record},
     )
