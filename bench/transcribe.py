@@ -498,7 +498,16 @@ def _cached(cache, cond, row, views):
     paths = {v: cache / cond.replace(" ", "_") / f"{Path(row['path']).stem}.{v}.json" for v in views}
     if not all(p.is_file() for p in paths.values()):
         return None
-    return {v: read_json(p) for v, p in paths.items()}
+    results = {v: read_json(p) for v, p in paths.items()}
+    # A cache written before a flag was added lacks it; the flags that need
+    # only a segment's text and times are checked again.
+    from archivox.tasks.hallucination import too_fast
+
+    for tr in results.values():
+        for seg in tr.segments:
+            if "too_fast" not in seg.flags and too_fast(seg):
+                seg.flags.append("too_fast")
+    return results
 
 
 def _store(cache, cond, row, results):

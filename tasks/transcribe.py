@@ -49,7 +49,7 @@ VIEWS: tuple[str, ...] = ("denoised", "mix", "pre_denoise", "restored", "origina
 ASR_INPUTS: tuple[str, ...] = ("auto",) + VIEWS
 # Flags that say "this text is probably not in the audio"; they count against
 # a candidate. low_logprob is left out: the log-probability is scored already.
-_HALLUCINATION_FLAGS = frozenset({"repetition", "compression_ratio", "in_silence", "no_speech"})
+_HALLUCINATION_FLAGS = frozenset({"repetition", "compression_ratio", "in_silence", "no_speech", "too_fast"})
 _FLAGGED_LOGPROB = -3.0  # what a flagged segment counts as in the score
 _EMPTY_SCORE = -1.5  # an empty transcript: worse than speech decoded with confidence
 

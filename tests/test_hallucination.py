@@ -67,6 +67,17 @@ def test_segment_repeating_the_previous_one_is_flagged():
     assert segs[0].flags == [] and segs[1].flags == ["repetition"]
 
 
+def test_text_squeezed_into_a_moment_is_flagged_too_fast():
+    # As decoded from a real noisy corpus item (bench/transcribe.py, noise 5 dB+hum+clicks):
+    # a loop of 22 words in the last 0.68 s, with a compression ratio under Whisper's threshold.
+    loop = "And then I'm going to take a look at what I'm going to do, and I'm going to take a look at what I'm going to do."
+    segs = [_segment(0.05, 6.53, "I am sure I can sleep, and I've had several moments since when I seem to remember."),
+            _segment(8.59, 9.27, loop, compression_ratio=1.84),
+            _segment(9.5, 9.8, "Yes, sir.")]
+    flag_segments(segs, "en", regions=[(0.0, 10.0)])
+    assert [s.flags for s in segs] == [[], ["too_fast"], []]
+
+
 def test_script_share_by_language():
     assert script_share("Hello there", "en") == 1.0
     assert script_share("Привет", "en") == 0.0
