@@ -705,13 +705,9 @@ def _choose_stretches(results: Mapping[str, Transcript], stretches: list[tuple[f
     for i, seg in enumerate(segments):
         seg.index = i
     used = sorted((n for n in names if seconds[n] > 0), key=lambda n: -seconds[n])
-    return Transcript(
+    return dataclasses.replace(
+        first,
         segments=segments,
-        language=first.language,
-        language_probability=first.language_probability,
-        duration_s=first.duration_s,
-        model_name=first.model_name,
-        model_sha256=first.model_sha256,
         # One name when one view's text is all there is; else the views used, most speech first.
         candidate="+".join(used) if used else names[0],
         evidence={**first.evidence, "stretches": record},
