@@ -405,11 +405,11 @@ class Declick(Stage):
         )
 
 
-def _merge(regions: list[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]:
-    """[start, stop) regions sorted, overlapping ones (or ones at most ``gap`` samples apart) joined."""
+def _merge(regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[start, stop) regions sorted, overlapping ones joined."""
     merged: list[tuple[int, int]] = []
     for start, stop in sorted(regions):
-        if merged and start <= merged[-1][1] + gap:
+        if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
         else:
             merged.append((start, stop))
