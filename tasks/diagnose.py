@@ -229,7 +229,11 @@ def diagnose(audio: np.ndarray, sample_rate_hz: int) -> Diagnosis:
     dc = float(20 * np.log10(offsets.max())) if n and offsets.max() > 0 else None
 
     hum = find_hum(audio, sample_rate_hz) if n else None
-    clicks = Declick().detect(mono[None, :].astype(np.float32), sample_rate_hz) if n else {"clicks_per_minute": 0.0}
+    # Counting needs only the first search: on all 194 corpus speech files with
+    # 3 clicks/s planted, it gave the rate within 20 % as often as the
+    # thorough search (193/194 each) at twice its speed.
+    clicks = (Declick(thorough=False).detect(mono[None, :].astype(np.float32), sample_rate_hz) if n
+              else {"clicks_per_minute": 0.0})
     clipped = max((clipped_mask(ch.astype(np.float64))[0].mean() for ch in audio), default=0.0) if n else 0.0
 
     levels = _frame_levels_db(mono - mono.mean(), sample_rate_hz)
