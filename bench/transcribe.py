@@ -153,6 +153,8 @@ def main() -> None:
     ap.add_argument("--long", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure long items whose conditions change (see _long_items)")
     ap.add_argument("--long-only", action="store_true", help="measure only the long items")
+    ap.add_argument("--flags-only", action="store_true",
+                    help="only count hallucination flags on --flag-minutes of clean speech (all of it: --flag-minutes 30)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -163,6 +165,9 @@ def main() -> None:
     if corpus is None:
         raise SystemExit("the shared corpus is not present (../shared/corpus or $ARCHIVOX_CORPUS)")
     norm = EnglishTextNormalizer()
+    if args.flags_only:
+        _write(args, _flag_rate(corpus, args.flag_minutes, TranscribeOptions(model=args.model, device=args.device)))
+        return
     rows = sorted(
         (r for r in csv.DictReader(open(corpus / "manifest.csv")) if r["category"] == "speech_clean" and r["transcript"].strip()),
         key=lambda r: r["path"],
@@ -191,12 +196,7 @@ def main() -> None:
     print(f"{len(rows)} utterances, {audio_s:.0f} s; clean WER {clean_wer:.1f} %  ({asr_seconds:.1f} s)", flush=True)
 
     if args.long_only:
-        lines = _long_items(args, rows, speech, noises, conditions, options, wer)
-        text = "\n".join(lines) + "\n"
-        print(text)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
+        _write(args, _long_items(args, rows, speech, noises, conditions, options, wer))
         return
 
     view_of = {"mix": f"mix{options.mix_fraction:g}", "pre_denoise": "dsp", "restored": "restored",
@@ -264,6 +264,10 @@ def main() -> None:
         lines += _flag_rate(corpus, args.flag_minutes, options)
     if args.speed:
         lines += _speed(corpus, rows, speech, noises, options, norm)
+    _write(args, lines)
+
+
+def _write(args, lines: list[str]) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
