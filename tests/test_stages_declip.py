@@ -50,3 +50,14 @@ def test_corpus_speech_declip_gains_5_db(corpus, name: str) -> None:
     out = Declip()(clipped)
     assert si_sdr_db(out.audio, clean) - si_sdr_db(clipped, clean) >= 5.0
     assert np.abs(out.audio).max() <= 10 ** (-1.0 / 20) + 1e-6  # headroom kept
+
+
+@pytest.mark.corpus
+def test_hardest_tuning_file_keeps_a_margin(corpus) -> None:
+    # The file whose long clipped runs the reconstruction overshoots most
+    # (peaks rebuilt ~1.6x the ceiling where the truth is ~1.4x): one spectral
+    # tilt gained 5.06 dB here, the average of three 5.45 dB.
+    clean = load_speech(corpus / "speech_clean" / "cmu_arctic_aew_a0003.wav")
+    clipped = clip_to_fraction(clean, 0.02)
+    out = Declip()(clipped)
+    assert si_sdr_db(out.audio, clean) - si_sdr_db(clipped, clean) >= 5.25
