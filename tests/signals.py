@@ -257,3 +257,26 @@ def click_pairs(duration_s: float, pairs_per_s: float, gap_samples: tuple[int, i
             out[q:q + width] = amplitude * r.choice([-1.0, 1.0]) * r.uniform(0.5, 1.0)
             positions.append(q)
     return out[None, :], np.array(positions)
+
+
+def plosive_onsets(duration_s: float, per_s: float, amplitude: float, decay_s: float = 0.02, seed: int = 0,
+                   rate_hz: int = RATE_HZ) -> tuple[np.ndarray, np.ndarray]:
+    """Plosive-like bursts: a sharp step (one sample) that stays and decays over ``decay_s``, with 30 %
+    low-passed (3 kHz) roughness, one in each 1/``per_s`` stretch. Returns (signal (1, n), onset sample
+    indices)."""
+    from scipy import signal as _signal
+
+    r = rng(seed)
+    n = int(round(duration_s * rate_hz))
+    count = int(round(duration_s * per_s))
+    stretch = n // count
+    positions = np.array([i * stretch + int(r.integers(stretch // 4, stretch // 2)) for i in range(count)])
+    out = np.zeros(n)
+    k = np.arange(int(5 * decay_s * rate_hz))
+    b, a = _signal.butter(2, 3000 / (rate_hz / 2))
+    for p in positions:
+        rough = _signal.lfilter(b, a, r.standard_normal(k.size))
+        burst = np.exp(-k / (decay_s * rate_hz)) * (1 + 0.3 * rough / rough.std())
+        m = min(k.size, n - p)
+        out[p:p + m] += amplitude * r.choice([-1.0, 1.0]) * burst[:m]
+    return out.astype(np.float32)[None, :], positions
