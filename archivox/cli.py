@@ -144,16 +144,32 @@ def cmd_scan(args) -> int:
 
 
 @contextlib.contextmanager
-def _decoded(path: Path, channel_policy: str, work_parent: Path | None = None):
+def _decoded(path: Path, channel_policy: str):
     """Yield the input decoded to a 48 kHz mono float WAV in a temporary folder (removed afterwards)."""
     from archivox.tasks.extract import decode_to_file
 
-    if work_parent is not None:
-        work_parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".archivox-", dir=work_parent) as work:
+    with tempfile.TemporaryDirectory(prefix=".archivox-") as work:
         decoded = Path(work) / "input.wav"
         decode_to_file(path, decoded, channel_policy=channel_policy)
         yield decoded
+
+
+@contextlib.contextmanager
+def _extracted(path: Path, options, work_parent: Path):
+    """Yield (the audio to restore as a 48 kHz mono float WAV in a temporary folder, source-rate declip or None).
+
+    As a run extracts it: a source recorded at another rate is declipped at
+    that rate first (see ``pipeline.extract_audio``), and the second value
+    describes that declip.
+    """
+    from archivox.tasks.extract import probe
+    from archivox.tasks.pipeline import extract_audio
+
+    work_parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".archivox-", dir=work_parent) as work:
+        decoded = Path(work) / "input.wav"
+        _, declip = extract_audio(path, decoded, options, probe(path).sample_rate_hz)
+        yield (Path(declip["path"]) if declip else decoded), declip
 
 
 def cmd_restore(args) -> int:
@@ -161,24 +177,33 @@ def cmd_restore(args) -> int:
 
     from archivox.config import RunOptions
     from archivox.tasks.chain import build_chain
-    from archivox.tasks.pipeline import plan_stages, read_audio, write_flac, write_wav
+    from archivox.tasks.pipeline import (
+        plan_stages,
+        read_audio,
+        source_rate_declip_record,
+        write_flac,
+        write_wav,
+    )
 
     source, destination = Path(args.input), Path(args.output)
     if destination.resolve() == source.resolve():
         raise ArchivoxError("the output would overwrite the input; choose another -o path")
     restore = _restore_options(args)
     options = RunOptions(restore=restore, device=args.device, transcribe_enabled=False)
-    with _decoded(source, args.channel_policy, destination.parent) as decoded:
-        info = soundfile.info(str(decoded))
+    with _extracted(source, options, destination.parent) as (to_restore, declip):
+        info = soundfile.info(str(to_restore))
         if restore.blocks().is_long(info.frames, info.samplerate) and destination.suffix.lower() != ".wav":
-            records = _restore_long_file(decoded, destination, options)
+            records = _restore_long_file(to_restore, destination, options)
         else:
-            audio, rate_hz = read_audio(decoded)
+            audio, rate_hz = read_audio(to_restore)
             _, names, params = plan_stages(audio, rate_hz, options)
             chain = build_chain(names, params, device=args.device)
             result = chain(audio, rate_hz)
             (write_wav if destination.suffix.lower() == ".wav" else write_flac)(destination, result.audio, rate_hz)
             records = result.records
+    if declip:
+        records = [source_rate_declip_record(declip),
+                   *(dataclasses.replace(r, position=r.position + 1) for r in records)]
     if args.json:
         print(json.dumps({"input": str(source), "output": str(destination),
                           "stages": [dataclasses.asdict(r) for r in records]}, indent=2, default=str))
@@ -297,16 +322,25 @@ def cmd_diagnose(args) -> int:
     import soundfile
 
     from archivox.config import RestoreOptions
+    from archivox.tasks.chain import WORKING_RATE_HZ
+    from archivox.tasks.declip import clipped_fraction_of_file
     from archivox.tasks.diagnose import diagnose
+    from archivox.tasks.extract import decode_to_file, probe
     from archivox.tasks.longform import diagnose_excerpts
     from archivox.tasks.pipeline import read_audio
 
-    with _decoded(Path(args.input), args.channel_policy) as decoded:
+    source = Path(args.input)
+    with _decoded(source, args.channel_policy) as decoded:
         info = soundfile.info(str(decoded))
         if RestoreOptions().blocks().is_long(info.frames, info.samplerate):
             diagnosis = diagnose_excerpts(decoded)  # long: from excerpts, as a run does
         else:
             diagnosis = diagnose(*read_audio(decoded))
+        if probe(source).sample_rate_hz not in (0, WORKING_RATE_HZ):
+            # Resampling to 48 kHz hides clipping; count it at the source's own rate, as a run repairs it.
+            at_source_rate = decoded.with_name("source_rate.wav")
+            decode_to_file(source, at_source_rate, channel_policy=args.channel_policy, rate_hz=None)
+            diagnosis.clipped_fraction = clipped_fraction_of_file(at_source_rate)
     console.print(json.dumps(diagnosis.to_dict(), indent=2) if args.json else diagnosis.format())
     return 0
 

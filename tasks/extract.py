@@ -197,18 +197,19 @@ def decode_to_file(
     destination: Path,
     *,
     channel_policy: str = "speech",
-    rate_hz: int = WORKING_RATE_HZ,
+    rate_hz: int | None = WORKING_RATE_HZ,
     stream_index: int = 0,
     timeout_s: float = 3600.0,
+    gain_db: float = 0.0,
 ) -> dict:
-    """Decode one audio stream into a mono float32 WAV at ``rate_hz``, in bounded memory.
+    """Decode one audio stream into a mono float32 WAV at ``rate_hz`` (None: the stream's own), in bounded memory.
 
     What ``decode`` followed by ``apply_channel_policy`` gives, for items of
     any length: ffmpeg writes the decoded audio to a work file beside
     ``destination`` (RF64 past 4 GB), which is then reduced to one channel a
-    minute at a time. Returns the channel information of
-    ``apply_channel_policy`` plus ``samples``. ``destination`` appears only
-    when complete.
+    minute at a time, scaled by ``gain_db``. Returns the channel information
+    of ``apply_channel_policy`` plus ``samples``. ``destination`` appears
+    only when complete.
     """
     import soundfile as sf
 
@@ -223,7 +224,8 @@ def decode_to_file(
     destination.parent.mkdir(parents=True, exist_ok=True)
     decoded = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.decoded.wav")
     try:
-        _ffmpeg_decode(path, _file_url(decoded), stream_index, timeout_s, format="wav", ar=rate_hz, rf64="auto")
+        resample = {"ar": rate_hz} if rate_hz else {}
+        _ffmpeg_decode(path, _file_url(decoded), stream_index, timeout_s, format="wav", rf64="auto", **resample)
         try:
             reader = sf.SoundFile(str(decoded))
         except (RuntimeError, sf.LibsndfileError) as exc:
@@ -239,13 +241,15 @@ def decode_to_file(
             elif channel_policy in ("left", "right"):
                 index = 0 if channel_policy == "left" else 1
             else:
-                index = int(np.argmax(_speech_band_energy_of_file(reader, rate_hz)))
+                index = int(np.argmax(_speech_band_energy_of_file(reader, reader.samplerate)))
                 reader.seek(0)
             with atomic_path(destination) as temporary, sf.SoundFile(
-                str(temporary), "w", samplerate=rate_hz, channels=1, subtype="FLOAT", format="WAV"
+                str(temporary), "w", samplerate=reader.samplerate, channels=1, subtype="FLOAT", format="WAV"
             ) as writer:
                 for piece in reader.blocks(blocksize=_PIECE_SAMPLES, dtype="float32", always_2d=True):
                     mono = piece.mean(axis=1) if index < 0 else piece[:, index]
+                    if gain_db:
+                        mono = mono * np.float32(10 ** (gain_db / 20))
                     if not np.all(np.isfinite(mono)):
                         mono = np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
                     writer.write(mono)

@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 from archivox.catalog.store import Catalog, to_json, utc_now
 from archivox.tasks import extract as extraction
-from archivox.tasks.chain import WORKING_RATE_HZ, build_chain
+from archivox.tasks.chain import WORKING_RATE_HZ, StageRecord, build_chain
 from archivox.tasks.fixity import sha256_file
 
 from archivox.config import RunOptions
@@ -198,25 +198,83 @@ def prepare(
 def extract(plan: ItemPlan, options: RunOptions) -> str:
     """Decode the original to a float32 48 kHz WAV in the item's work folder; returns its path.
 
-    Streams through a file, so an item's length does not bound what a worker can take.
+    See ``extract_audio``; a declip made at the source's rate is named in
+    ``plan.media["source_rate_declip"]`` for the restoration.
     """
-    work = Path(plan.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    destination = work / "original.wav"
-    channel_info = extraction.decode_to_file(
-        Path(plan.source_path),
-        destination,
-        channel_policy=options.restore.channel_policy,
-        rate_hz=WORKING_RATE_HZ,
-        stream_index=options.restore.audio_stream,
-        timeout_s=options.ffmpeg_timeout_s,
-    )
+    destination = Path(plan.work_dir) / "original.wav"
+    channel_info, source_rate_declip = extract_audio(
+        Path(plan.source_path), destination, options, int(plan.media.get("sample_rate_hz") or 0))
+    if source_rate_declip:
+        plan.media["source_rate_declip"] = source_rate_declip
     samples = channel_info.pop("samples")
     plan.media.update(channel_info)
     if samples < WORKING_RATE_HZ // 100:
         destination.unlink(missing_ok=True)
         raise BadInputError(f"{plan.rel_path}: only {samples} samples of audio; too short to restore")
     return str(destination)
+
+
+def extract_audio(source: Path, destination: Path, options: RunOptions,
+                  source_rate_hz: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Decode ``source`` to a mono float32 WAV at 48 kHz; (channel information with ``samples``, source-rate declip).
+
+    Streams through files, so an item's length does not bound what a worker
+    can take. A source recorded at another rate, in a run whose stages
+    include declip, is first decoded at its own rate and its clipping is
+    repaired there (``declip_file``): resampling smooths clipped tops into
+    ripples that the declip stage no longer finds. The repaired audio is
+    brought to 48 kHz beside ``destination`` ("declipped.wav") and described
+    by the second value (path, params, metrics, seconds), else None;
+    ``destination`` itself stays as recorded.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    common = {"stream_index": options.restore.audio_stream, "timeout_s": options.ffmpeg_timeout_s}
+    declip = _source_rate_declip(options) if source_rate_hz not in (0, WORKING_RATE_HZ) else None
+    if declip is None:
+        channel_info = extraction.decode_to_file(source, destination, channel_policy=options.restore.channel_policy,
+                                                 rate_hz=WORKING_RATE_HZ, **common)
+        return channel_info, None
+    from archivox.tasks.declip import declip_file
+
+    work = destination.parent
+    at_source_rate = work / f".{destination.stem}.source_rate.wav"
+    declipped_at_source_rate = work / f".{destination.stem}.source_rate_declipped.wav"
+    record = None
+    try:
+        channel_info = extraction.decode_to_file(source, at_source_rate, channel_policy=options.restore.channel_policy,
+                                                 rate_hz=None, **common)
+        started = time.perf_counter()
+        findings = declip_file(at_source_rate, declipped_at_source_rate, declip)
+        if findings["changed"]:
+            declipped = work / "declipped.wav"
+            # The rebuilt peaks may pass full scale; like the stage, keep them
+            # headroom_db under it, with one gain for the whole item.
+            gain_db = min(0.0, -declip.headroom_db - findings["restored_peak_dbfs"])
+            # ffmpeg brings both versions to the working rate with the resampler a direct decode uses.
+            extraction.decode_to_file(declipped_at_source_rate, declipped, channel_policy="mix",
+                                      rate_hz=WORKING_RATE_HZ, gain_db=gain_db, **common)
+            record = {"path": str(declipped), "params": declip.params(),
+                      "metrics": {**findings, "scaled_db": round(gain_db, 2)},
+                      "seconds": round(time.perf_counter() - started, 3)}
+        resampled = extraction.decode_to_file(at_source_rate, destination, channel_policy="mix",
+                                              rate_hz=WORKING_RATE_HZ, **common)
+    finally:
+        at_source_rate.unlink(missing_ok=True)
+        declipped_at_source_rate.unlink(missing_ok=True)
+    return {**channel_info, "samples": resampled["samples"]}, record
+
+
+def _source_rate_declip(options: RunOptions):
+    """The declip stage the run would use, or None when the run's stages leave declip out."""
+    from archivox.tasks.declip import Declip
+    from archivox.tasks.presets import stage_params_for
+
+    if "declip" not in options.restore.resolved_stages():
+        return None
+    preset = options.restore.preset
+    params = {} if preset == "auto" else dict(stage_params_for(preset).get("declip", {}))
+    params.update(options.restore.params.get("declip", {}))
+    return Declip(**params)
 
 
 def write_wav(destination: Path, audio: np.ndarray, rate_hz: int) -> None:
@@ -247,7 +305,8 @@ def restore(plan: ItemPlan, extracted_path: str, options: RunOptions) -> dict[st
     info = sf.info(str(extracted_path))
     if blocks.is_long(info.frames, info.samplerate):
         return _restore_long(plan, extracted_path, options, blocks)
-    audio, rate_hz = read_audio(extracted_path)
+    source_rate_declip = _declipped_at_source_rate(plan)
+    audio, rate_hz = read_audio(source_rate_declip["path"] if source_rate_declip else extracted_path)
     diagnosis, stage_names, stage_params = plan_stages(audio, rate_hz, options)
     chain = build_chain(stage_names, stage_params, device=options.device)
     work = Path(plan.work_dir)
@@ -273,20 +332,49 @@ def restore(plan: ItemPlan, extracted_path: str, options: RunOptions) -> dict[st
     if options.restore.residual:
         repaired = result.before[finishing[0]] if finishing else result.audio
         residual_path = str(Path(plan.sidecar_base).with_name(Path(plan.sidecar_base).name + ".residual.flac"))
-        write_flac(Path(residual_path), audio - repaired, rate_hz)
+        recorded = read_audio(extracted_path)[0] if source_rate_declip else audio
+        write_flac(Path(residual_path), recorded - repaired, rate_hz)
     return {
         "sources": sources,
-        "stages": [asdict(r) for r in result.records],
+        "stages": _with_source_rate_declip(result.records, source_rate_declip, diagnosis),
         "diagnosis": diagnosis,
         "residual_path": residual_path,
     }
+
+
+def _declipped_at_source_rate(plan: ItemPlan) -> dict[str, Any] | None:
+    found = plan.media.get("source_rate_declip")
+    return found if found and Path(found["path"]).is_file() else None
+
+
+def source_rate_declip_record(source_rate_declip: dict[str, Any]) -> StageRecord:
+    """The stage row of a declip made at the source's rate (it ran before the chain)."""
+    return StageRecord(stage="declip", position=0, params=source_rate_declip["params"],
+                       metrics={**source_rate_declip["metrics"], "at_source_rate": True},
+                       seconds=source_rate_declip["seconds"], device="cpu")
+
+
+def _with_source_rate_declip(records, source_rate_declip: dict[str, Any] | None, diagnosis: dict[str, Any]) -> list[dict]:
+    """Stage rows for the catalog, the declip done at the source's rate first.
+
+    The diagnosis saw the declipped audio; its clipping figure is replaced by
+    what was found in the recording.
+    """
+    rows = [asdict(r) for r in records]
+    if not source_rate_declip:
+        return rows
+    diagnosis["clipped_fraction"] = source_rate_declip["metrics"]["clipped_fraction"]
+    first = asdict(source_rate_declip_record(source_rate_declip))
+    return [first, *({**row, "position": row["position"] + 1} for row in rows)]
 
 
 def _restore_long(plan: ItemPlan, extracted_path: str, options: RunOptions, blocks) -> dict[str, Any]:
     """``restore`` for items longer than ``options.restore.long_s``: same outputs, bounded memory."""
     from archivox.tasks.longform import diagnose_excerpts, run_chain_from_file
 
-    diagnosis = diagnose_excerpts(Path(extracted_path))
+    source_rate_declip = _declipped_at_source_rate(plan)
+    chain_input = Path(source_rate_declip["path"]) if source_rate_declip else Path(extracted_path)
+    diagnosis = diagnose_excerpts(chain_input)
     stage_names, stage_params = stages_from_diagnosis(diagnosis, options)
     chain = build_chain(stage_names, stage_params, device=options.device)
     work = Path(plan.work_dir)
@@ -296,7 +384,7 @@ def _restore_long(plan: ItemPlan, extracted_path: str, options: RunOptions, bloc
         residual_path = str(Path(plan.sidecar_base).with_name(Path(plan.sidecar_base).name + ".residual.flac"))
     result = run_chain_from_file(
         chain,
-        Path(extracted_path),
+        chain_input,
         Path(plan.restored_path),
         work,
         keep_before={"denoise": work / "pre_denoise.wav",
@@ -308,10 +396,11 @@ def _restore_long(plan: ItemPlan, extracted_path: str, options: RunOptions, bloc
     if "denoise" in result.written:
         sources["pre_denoise"] = str(result.written["denoise"])
         sources["denoised"] = str(result.written[finishing[0]]) if finishing else plan.restored_path
+    diagnosis_row = diagnosis.to_dict()
     return {
         "sources": sources,
-        "stages": [asdict(r) for r in result.records],
-        "diagnosis": diagnosis.to_dict(),
+        "stages": _with_source_rate_declip(result.records, source_rate_declip, diagnosis_row),
+        "diagnosis": diagnosis_row,
         "residual_path": residual_path,
     }
 
