@@ -156,11 +156,10 @@ def _decoded(path: Path, channel_policy: str):
 
 @contextlib.contextmanager
 def _extracted(path: Path, options, work_parent: Path):
-    """Yield (the audio to restore as a 48 kHz mono float WAV in a temporary folder, source-rate declip or None).
+    """Yield (the audio to restore as a 48 kHz mono float WAV in a temporary folder, source-rate repairs or None).
 
-    As a run extracts it: a source recorded at another rate is declipped at
-    that rate first (see ``pipeline.extract_audio``), and the second value
-    describes that declip.
+    As a run extracts it: a source recorded at another rate is declipped and
+    declicked at that rate first (see ``pipeline.extract_audio``).
     """
     from archivox.tasks.extract import probe
     from archivox.tasks.pipeline import extract_audio
@@ -168,8 +167,8 @@ def _extracted(path: Path, options, work_parent: Path):
     work_parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".archivox-", dir=work_parent) as work:
         decoded = Path(work) / "input.wav"
-        _, declip = extract_audio(path, decoded, options, probe(path).sample_rate_hz)
-        yield (Path(declip["path"]) if declip else decoded), declip
+        _, repairs = extract_audio(path, decoded, options, probe(path).sample_rate_hz)
+        yield (Path(repairs["path"]) if repairs else decoded), repairs
 
 
 def cmd_restore(args) -> int:
@@ -177,55 +176,53 @@ def cmd_restore(args) -> int:
 
     from archivox.config import RunOptions
     from archivox.tasks.chain import build_chain
-    from archivox.tasks.pipeline import (
-        plan_stages,
-        read_audio,
-        source_rate_declip_record,
-        write_flac,
-        write_wav,
-    )
+    from archivox.tasks.pipeline import plan_stages, read_audio, write_flac, write_wav
+    from archivox.tasks.source_rate import merged_into_chain
 
     source, destination = Path(args.input), Path(args.output)
     if destination.resolve() == source.resolve():
         raise ArchivoxError("the output would overwrite the input; choose another -o path")
     restore = _restore_options(args)
     options = RunOptions(restore=restore, device=args.device, transcribe_enabled=False)
-    with _extracted(source, options, destination.parent) as (to_restore, declip):
+    with _extracted(source, options, destination.parent) as (to_restore, repairs):
+        done = {row["stage"] for row in repairs["stages"]} if repairs else set()
         info = soundfile.info(str(to_restore))
         if restore.blocks().is_long(info.frames, info.samplerate) and destination.suffix.lower() != ".wav":
-            records = _restore_long_file(to_restore, destination, options)
+            records = _restore_long_file(to_restore, destination, options, done)
         else:
             audio, rate_hz = read_audio(to_restore)
             _, names, params = plan_stages(audio, rate_hz, options)
-            chain = build_chain(names, params, device=args.device)
+            chain = build_chain([n for n in names if n not in done], params, device=args.device)
             result = chain(audio, rate_hz)
             (write_wav if destination.suffix.lower() == ".wav" else write_flac)(destination, result.audio, rate_hz)
             records = result.records
-    if declip:
-        records = [source_rate_declip_record(declip),
-                   *(dataclasses.replace(r, position=r.position + 1) for r in records)]
+    rows = [dataclasses.asdict(r) for r in records]
+    if repairs:
+        rows = merged_into_chain(repairs["stages"], rows, {})
     if args.json:
-        print(json.dumps({"input": str(source), "output": str(destination),
-                          "stages": [dataclasses.asdict(r) for r in records]}, indent=2, default=str))
+        print(json.dumps({"input": str(source), "output": str(destination), "stages": rows}, indent=2, default=str))
         return 0
     table = Table(title=f"{source} -> {destination}")
     for column in ("stage", "seconds", "device", "metrics"):
         table.add_column(column, overflow="fold")
-    for record in records:
-        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in record.metrics.items() if not isinstance(v, (list, dict))}
-        table.add_row(record.stage, f"{record.seconds:.2f}", record.device, json.dumps(shown, default=str)[:300])
+    for row in rows:
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row["metrics"].items() if not isinstance(v, (list, dict))}
+        table.add_row(row["stage"], f"{row['seconds']:.2f}", row["device"], json.dumps(shown, default=str)[:300])
     console.print(table)
     return 0
 
 
-def _restore_long_file(decoded: Path, destination: Path, options) -> list:
-    """A long input, block by block from its decoded work file (see ``archivox.tasks.longform``)."""
+def _restore_long_file(decoded: Path, destination: Path, options, done: set[str]) -> list:
+    """A long input, block by block from its decoded work file (see ``archivox.tasks.longform``).
+
+    ``done``: stages already run at the source's rate.
+    """
     from archivox.tasks.chain import build_chain
     from archivox.tasks.longform import diagnose_excerpts, run_chain_from_file
     from archivox.tasks.pipeline import stages_from_diagnosis
 
     names, params = stages_from_diagnosis(diagnose_excerpts(decoded), options)
-    chain = build_chain(names, params, device=options.device)
+    chain = build_chain([n for n in names if n not in done], params, device=options.device)
     return run_chain_from_file(chain, decoded, destination, decoded.parent, options=options.restore.blocks()).records
 
 
@@ -323,11 +320,11 @@ def cmd_diagnose(args) -> int:
 
     from archivox.config import RestoreOptions
     from archivox.tasks.chain import WORKING_RATE_HZ
-    from archivox.tasks.declip import clipped_fraction_of_file
     from archivox.tasks.diagnose import diagnose
     from archivox.tasks.extract import decode_to_file, probe
     from archivox.tasks.longform import diagnose_excerpts
     from archivox.tasks.pipeline import read_audio
+    from archivox.tasks.source_rate import defect_rates_at_source_rate
 
     source = Path(args.input)
     with _decoded(source, args.channel_policy) as decoded:
@@ -337,10 +334,12 @@ def cmd_diagnose(args) -> int:
         else:
             diagnosis = diagnose(*read_audio(decoded))
         if probe(source).sample_rate_hz not in (0, WORKING_RATE_HZ):
-            # Resampling to 48 kHz hides clipping; count it at the source's own rate, as a run repairs it.
+            # Resampling to 48 kHz hides clipping and clicks; count them at the
+            # source's own rate, where a run repairs them.
             at_source_rate = decoded.with_name("source_rate.wav")
             decode_to_file(source, at_source_rate, channel_policy=args.channel_policy, rate_hz=None)
-            diagnosis.clipped_fraction = clipped_fraction_of_file(at_source_rate)
+            for name, value in defect_rates_at_source_rate(at_source_rate).items():
+                setattr(diagnosis, name, value)
     console.print(json.dumps(diagnosis.to_dict(), indent=2) if args.json else diagnosis.format())
     return 0
 

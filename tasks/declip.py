@@ -13,7 +13,6 @@ runs at 48 kHz are far longer than an AR model's memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -195,12 +194,9 @@ class Declip(Stage):
         }
 
     def repair(self, audio: np.ndarray, sample_rate_hz: int, findings: Mapping[str, Any]) -> StageOutput:
-        if findings["clipped_fraction"] <= self.min_fraction or findings["clipped_samples"] == 0:
+        out = self.rebuild(audio, sample_rate_hz, findings)
+        if out is None:
             return StageOutput(audio, {"changed": False})
-        out = np.array(audio, dtype=np.float64)
-        for c, (mask, high, low) in enumerate(findings["_found"]):
-            if mask.any():
-                out[c] = declip_channel(out[c], mask, high, low, sample_rate_hz, self.iterations, self.floor_db)
         peak = float(np.abs(out).max())
         limit = 10 ** (-self.headroom_db / 20)
         scale = min(1.0, limit / peak) if peak > 0 else 1.0
@@ -210,81 +206,13 @@ class Declip(Stage):
              "scaled_db": round(20 * np.log10(scale), 2)},
         )
 
-
-def _file_windows(reader, block_s: float, context_s: float):
-    """(window (channels, n) float64, slice of its block) for every block of an open sound file."""
-    rate_hz, total_n = reader.samplerate, reader.frames
-    block_n, context_n = max(1, int(block_s * rate_hz)), int(context_s * rate_hz)
-    for start in range(0, total_n, block_n):
-        end = min(total_n, start + block_n)
-        lead = min(context_n, start)
-        reader.seek(start - lead)
-        window = reader.read(end - start + lead + min(context_n, total_n - end), dtype="float64", always_2d=True)
-        yield window.T, slice(lead, lead + end - start)
-
-
-def _repairable(stage: Declip, window: np.ndarray, rate_hz: int) -> dict[str, Any] | None:
-    findings = stage.detect(window, rate_hz)
-    return findings if findings["clipped_fraction"] > stage.min_fraction and findings["clipped_samples"] else None
-
-
-def clipped_fraction_of_file(path: Path, stage: Declip | None = None, *, block_s: float = 60.0) -> float:
-    """Share of an audio file's samples that ``stage`` would repair, found at the file's own rate, in blocks."""
-    import soundfile as sf
-
-    stage = stage or Declip()
-    clipped = 0
-    with sf.SoundFile(str(path)) as reader:
-        for window, body in _file_windows(reader, block_s, 0.0):
-            findings = _repairable(stage, window, reader.samplerate)
-            if findings is not None:
-                clipped += sum(int(mask[body].sum()) for mask, _, _ in findings["_found"])
-        return round(clipped / max(reader.frames * reader.channels, 1), 6)
-
-
-def declip_file(source: Path, destination: Path, stage: Declip | None = None, *,
-                block_s: float = 60.0, context_s: float = 0.5) -> dict[str, Any]:
-    """Repair the clipping of an audio file at its own sample rate, block by block, into a float32 WAV.
-
-    Why a file at its own rate: resampling (16 or 44.1 to 48 kHz) turns a
-    flat clipped top into a rippled one that no longer looks clipped, so a
-    source recorded at another rate is declipped before it is brought to the
-    working rate. Blocks of ``block_s`` are read with ``context_s`` on either
-    side (far more than a reconstruction frame), so memory does not grow with
-    the file. Peaks are not scaled down: float samples may exceed full scale,
-    and a gain that changed from block to block would be heard. Returns
-    ``changed``, ``clipped_samples``, ``clipped_fraction``, ``rate_hz`` and
-    ``restored_peak_dbfs``; ``destination`` is written (atomically) only when
-    something was repaired.
-    """
-    import soundfile as sf
-
-    from archivox.fsutil import atomic_path
-
-    stage = stage or Declip()
-    # A first pass only looks: most sources are not clipped, and they get no copy.
-    if clipped_fraction_of_file(source, stage, block_s=block_s) == 0.0:
-        return {"changed": False, "clipped_samples": 0, "clipped_fraction": 0.0,
-                "rate_hz": sf.info(str(source)).samplerate, "restored_peak_dbfs": None}
-    clipped, peak = 0, 0.0
-    with sf.SoundFile(str(source)) as reader, atomic_path(Path(destination)) as temporary:
-        rate_hz, total_n, channels = reader.samplerate, reader.frames, reader.channels
-        with sf.SoundFile(str(temporary), "w", samplerate=rate_hz, channels=channels, subtype="FLOAT",
-                          format="WAV") as writer:
-            for window, body in _file_windows(reader, block_s, context_s):
-                findings = _repairable(stage, window, rate_hz)
-                if findings is not None:
-                    window = window.copy()
-                    for c, (mask, high, low) in enumerate(findings["_found"]):
-                        if mask[body].any():
-                            window[c] = declip_channel(window[c], mask, high, low, rate_hz, stage.iterations, stage.floor_db)
-                            clipped += int(mask[body].sum())
-                peak = max(peak, float(np.abs(window[:, body]).max(initial=0.0)))
-                writer.write(window[:, body].T.astype(np.float32))
-    return {
-        "changed": True,
-        "clipped_samples": clipped,
-        "clipped_fraction": round(clipped / max(total_n * channels, 1), 6),
-        "rate_hz": rate_hz,
-        "restored_peak_dbfs": round(float(20 * np.log10(peak + 1e-20)), 2),
-    }
+    def rebuild(self, audio: np.ndarray, sample_rate_hz: int, findings: Mapping[str, Any]) -> np.ndarray | None:
+        """(channels, n) float64 with the clipped runs refilled and peaks left as rebuilt (they may pass
+        full scale); None when there is too little clipping to repair. Block-by-block callers scale once."""
+        if findings["clipped_fraction"] <= self.min_fraction or findings["clipped_samples"] == 0:
+            return None
+        out = np.array(audio, dtype=np.float64)
+        for c, (mask, high, low) in enumerate(findings["_found"]):
+            if mask.any():
+                out[c] = declip_channel(out[c], mask, high, low, sample_rate_hz, self.iterations, self.floor_db)
+        return out

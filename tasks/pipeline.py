@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 from archivox.catalog.store import Catalog, to_json, utc_now
 from archivox.tasks import extract as extraction
-from archivox.tasks.chain import WORKING_RATE_HZ, StageRecord, build_chain
+from archivox.tasks.chain import WORKING_RATE_HZ, build_chain
 from archivox.tasks.fixity import sha256_file
 
 from archivox.config import RunOptions
@@ -198,14 +198,14 @@ def prepare(
 def extract(plan: ItemPlan, options: RunOptions) -> str:
     """Decode the original to a float32 48 kHz WAV in the item's work folder; returns its path.
 
-    See ``extract_audio``; a declip made at the source's rate is named in
-    ``plan.media["source_rate_declip"]`` for the restoration.
+    See ``extract_audio``; repairs made at the source's rate are named in
+    ``plan.media["source_rate_repairs"]`` for the restoration.
     """
     destination = Path(plan.work_dir) / "original.wav"
-    channel_info, source_rate_declip = extract_audio(
+    channel_info, repairs = extract_audio(
         Path(plan.source_path), destination, options, int(plan.media.get("sample_rate_hz") or 0))
-    if source_rate_declip:
-        plan.media["source_rate_declip"] = source_rate_declip
+    if repairs:
+        plan.media["source_rate_repairs"] = repairs
     samples = channel_info.pop("samples")
     plan.media.update(channel_info)
     if samples < WORKING_RATE_HZ // 100:
@@ -216,65 +216,67 @@ def extract(plan: ItemPlan, options: RunOptions) -> str:
 
 def extract_audio(source: Path, destination: Path, options: RunOptions,
                   source_rate_hz: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Decode ``source`` to a mono float32 WAV at 48 kHz; (channel information with ``samples``, source-rate declip).
+    """Decode ``source`` to a mono float32 WAV at 48 kHz; (channel information with ``samples``, source-rate repairs).
 
     Streams through files, so an item's length does not bound what a worker
-    can take. A source recorded at another rate, in a run whose stages
-    include declip, is first decoded at its own rate and its clipping is
-    repaired there (``declip_file``): resampling smooths clipped tops into
-    ripples that the declip stage no longer finds. The repaired audio is
-    brought to 48 kHz beside ``destination`` ("declipped.wav") and described
-    by the second value (path, params, metrics, seconds), else None;
-    ``destination`` itself stays as recorded.
+    can take. A source recorded at another rate is first decoded at its own
+    rate, and declip and declick (those of the run's stages; with the
+    ``auto`` preset, those that find something) run there: see
+    ``archivox.tasks.source_rate``. The repaired audio is brought to 48 kHz
+    beside ``destination`` ("repaired.wav") and described by the second
+    value (path, stage rows), else None; ``destination`` stays as recorded.
     """
+    from archivox.tasks import source_rate
+
     destination.parent.mkdir(parents=True, exist_ok=True)
     common = {"stream_index": options.restore.audio_stream, "timeout_s": options.ffmpeg_timeout_s}
-    declip = _source_rate_declip(options) if source_rate_hz not in (0, WORKING_RATE_HZ) else None
-    if declip is None:
+    names = options.restore.resolved_stages()
+    stages = source_rate.stages_at_source_rate(names, _preset_params(options), source_rate_hz)
+    if not stages:
         channel_info = extraction.decode_to_file(source, destination, channel_policy=options.restore.channel_policy,
                                                  rate_hz=WORKING_RATE_HZ, **common)
         return channel_info, None
-    from archivox.tasks.declip import declip_file
-
     work = destination.parent
     at_source_rate = work / f".{destination.stem}.source_rate.wav"
-    declipped_at_source_rate = work / f".{destination.stem}.source_rate_declipped.wav"
-    record = None
+    repaired_at_source_rate = work / f".{destination.stem}.source_rate_repaired.wav"
+    repairs = None
     try:
         channel_info = extraction.decode_to_file(source, at_source_rate, channel_policy=options.restore.channel_policy,
                                                  rate_hz=None, **common)
-        started = time.perf_counter()
-        findings = declip_file(at_source_rate, declipped_at_source_rate, declip)
-        if findings["changed"]:
-            declipped = work / "declipped.wav"
-            # The rebuilt peaks may pass full scale; like the stage, keep them
-            # headroom_db under it, with one gain for the whole item.
-            gain_db = min(0.0, -declip.headroom_db - findings["restored_peak_dbfs"])
+        if options.restore.preset == "auto":
+            # Like the auto preset at 48 kHz: a stage runs where it finds its defect.
+            found = source_rate.defects_at_source_rate(at_source_rate, stages)
+            stages = [stage for stage in stages if found[stage.name]]
+        if stages:
+            records, peak_dbfs = source_rate.repair_file(at_source_rate, repaired_at_source_rate, stages)
+            # Rebuilt peaks may pass full scale; like the declip stage, keep
+            # them its headroom under it, with one gain for the whole item.
+            headroom_db = next((s.headroom_db for s in stages if s.name == "declip"), 0.0)
+            gain_db = min(0.0, -headroom_db - peak_dbfs) if peak_dbfs > -headroom_db else 0.0
+            repaired = work / "repaired.wav"
             # ffmpeg brings both versions to the working rate with the resampler a direct decode uses.
-            extraction.decode_to_file(declipped_at_source_rate, declipped, channel_policy="mix",
+            extraction.decode_to_file(repaired_at_source_rate, repaired, channel_policy="mix",
                                       rate_hz=WORKING_RATE_HZ, gain_db=gain_db, **common)
-            record = {"path": str(declipped), "params": declip.params(),
-                      "metrics": {**findings, "scaled_db": round(gain_db, 2)},
-                      "seconds": round(time.perf_counter() - started, 3)}
+            for record in records:
+                record.metrics["scaled_db"] = round(gain_db, 2)
+            repairs = {"path": str(repaired), "stages": [asdict(r) for r in records]}
         resampled = extraction.decode_to_file(at_source_rate, destination, channel_policy="mix",
                                               rate_hz=WORKING_RATE_HZ, **common)
     finally:
         at_source_rate.unlink(missing_ok=True)
-        declipped_at_source_rate.unlink(missing_ok=True)
-    return {**channel_info, "samples": resampled["samples"]}, record
+        repaired_at_source_rate.unlink(missing_ok=True)
+    return {**channel_info, "samples": resampled["samples"]}, repairs
 
 
-def _source_rate_declip(options: RunOptions):
-    """The declip stage the run would use, or None when the run's stages leave declip out."""
-    from archivox.tasks.declip import Declip
+def _preset_params(options: RunOptions) -> dict[str, dict[str, Any]]:
+    """Per-stage settings before any diagnosis: the named preset's (``auto`` starts from ``speech``), then ``--set``."""
     from archivox.tasks.presets import stage_params_for
 
-    if "declip" not in options.restore.resolved_stages():
-        return None
     preset = options.restore.preset
-    params = {} if preset == "auto" else dict(stage_params_for(preset).get("declip", {}))
-    params.update(options.restore.params.get("declip", {}))
-    return Declip(**params)
+    params = stage_params_for("speech" if preset == "auto" else preset)
+    for name, overrides in options.restore.params.items():
+        params.setdefault(name, {}).update(overrides)
+    return params
 
 
 def write_wav(destination: Path, audio: np.ndarray, rate_hz: int) -> None:
@@ -305,10 +307,10 @@ def restore(plan: ItemPlan, extracted_path: str, options: RunOptions) -> dict[st
     info = sf.info(str(extracted_path))
     if blocks.is_long(info.frames, info.samplerate):
         return _restore_long(plan, extracted_path, options, blocks)
-    source_rate_declip = _declipped_at_source_rate(plan)
-    audio, rate_hz = read_audio(source_rate_declip["path"] if source_rate_declip else extracted_path)
+    repairs = _source_rate_repairs(plan)
+    audio, rate_hz = read_audio(repairs["path"] if repairs else extracted_path)
     diagnosis, stage_names, stage_params = plan_stages(audio, rate_hz, options)
-    chain = build_chain(stage_names, stage_params, device=options.device)
+    chain = build_chain(_not_repaired_yet(stage_names, repairs), stage_params, device=options.device)
     work = Path(plan.work_dir)
     sources = {"original": extracted_path}
     # The transcription step may prefer the audio before broadband denoising
@@ -332,51 +334,43 @@ def restore(plan: ItemPlan, extracted_path: str, options: RunOptions) -> dict[st
     if options.restore.residual:
         repaired = result.before[finishing[0]] if finishing else result.audio
         residual_path = str(Path(plan.sidecar_base).with_name(Path(plan.sidecar_base).name + ".residual.flac"))
-        recorded = read_audio(extracted_path)[0] if source_rate_declip else audio
+        recorded = read_audio(extracted_path)[0] if repairs else audio
         write_flac(Path(residual_path), recorded - repaired, rate_hz)
     return {
         "sources": sources,
-        "stages": _with_source_rate_declip(result.records, source_rate_declip, diagnosis),
+        "stages": _stage_rows(result.records, repairs, diagnosis),
         "diagnosis": diagnosis,
         "residual_path": residual_path,
     }
 
 
-def _declipped_at_source_rate(plan: ItemPlan) -> dict[str, Any] | None:
-    found = plan.media.get("source_rate_declip")
+def _source_rate_repairs(plan: ItemPlan) -> dict[str, Any] | None:
+    """What ``extract`` repaired at the source's rate (path of the repaired audio, stage rows), if anything."""
+    found = plan.media.get("source_rate_repairs")
     return found if found and Path(found["path"]).is_file() else None
 
 
-def source_rate_declip_record(source_rate_declip: dict[str, Any]) -> StageRecord:
-    """The stage row of a declip made at the source's rate (it ran before the chain)."""
-    return StageRecord(stage="declip", position=0, params=source_rate_declip["params"],
-                       metrics={**source_rate_declip["metrics"], "at_source_rate": True},
-                       seconds=source_rate_declip["seconds"], device="cpu")
+def _not_repaired_yet(stage_names: list[str], repairs: dict[str, Any] | None) -> list[str]:
+    done = {row["stage"] for row in repairs["stages"]} if repairs else set()
+    return [name for name in stage_names if name not in done]
 
 
-def _with_source_rate_declip(records, source_rate_declip: dict[str, Any] | None, diagnosis: dict[str, Any]) -> list[dict]:
-    """Stage rows for the catalog, the declip done at the source's rate first.
+def _stage_rows(records, repairs: dict[str, Any] | None, diagnosis: dict[str, Any]) -> list[dict[str, Any]]:
+    from archivox.tasks.source_rate import merged_into_chain
 
-    The diagnosis saw the declipped audio; its clipping figure is replaced by
-    what was found in the recording.
-    """
     rows = [asdict(r) for r in records]
-    if not source_rate_declip:
-        return rows
-    diagnosis["clipped_fraction"] = source_rate_declip["metrics"]["clipped_fraction"]
-    first = asdict(source_rate_declip_record(source_rate_declip))
-    return [first, *({**row, "position": row["position"] + 1} for row in rows)]
+    return merged_into_chain(repairs["stages"], rows, diagnosis) if repairs else rows
 
 
 def _restore_long(plan: ItemPlan, extracted_path: str, options: RunOptions, blocks) -> dict[str, Any]:
     """``restore`` for items longer than ``options.restore.long_s``: same outputs, bounded memory."""
     from archivox.tasks.longform import diagnose_excerpts, run_chain_from_file
 
-    source_rate_declip = _declipped_at_source_rate(plan)
-    chain_input = Path(source_rate_declip["path"]) if source_rate_declip else Path(extracted_path)
+    repairs = _source_rate_repairs(plan)
+    chain_input = Path(repairs["path"]) if repairs else Path(extracted_path)
     diagnosis = diagnose_excerpts(chain_input)
     stage_names, stage_params = stages_from_diagnosis(diagnosis, options)
-    chain = build_chain(stage_names, stage_params, device=options.device)
+    chain = build_chain(_not_repaired_yet(stage_names, repairs), stage_params, device=options.device)
     work = Path(plan.work_dir)
     finishing = [n for n in chain.names if n in _FINISHING_STAGES][:1]
     residual_path = ""
@@ -399,7 +393,7 @@ def _restore_long(plan: ItemPlan, extracted_path: str, options: RunOptions, bloc
     diagnosis_row = diagnosis.to_dict()
     return {
         "sources": sources,
-        "stages": _with_source_rate_declip(result.records, source_rate_declip, diagnosis_row),
+        "stages": _stage_rows(result.records, repairs, diagnosis_row),
         "diagnosis": diagnosis_row,
         "residual_path": residual_path,
     }

@@ -1,0 +1,178 @@
+"""Clipping and clicks in sources recorded at their own rate, repaired as a run extracts them.
+
+``bench/stages.py`` resamples every corpus file to 48 kHz and then plants
+its defects; real transfers carry them at the rate they were recorded at.
+For every ``--step``-th file of ``speech_clean``, at the file's own rate
+(16, 22.05 or 48 kHz):
+
+- declip: 2 % of the samples clipped (full scale at the clip level);
+- declick: clicks of 1-4 samples at 5 per second, -12 to -6 dB under the
+  file's peak (as ``bench/stages.py`` plants them, but at the source's rate).
+
+Each damaged file is written as a 24-bit WAV and extracted the way
+``archivox run`` does it (``pipeline.extract_audio`` with the ``auto``
+preset, then the stage at 48 kHz as the chain would run it). The SI-SDR of
+the 48 kHz result against the undamaged file extracted the same way is
+compared, on the same files in the same run, for:
+
+- the damaged audio as extracted, not repaired (the anchor);
+- ``48 kHz only``: the stage on the extracted 48 kHz audio: all that ran
+  before repairs at the source's rate existed;
+- ``archivox``: repairs at the source's rate, then the stage at 48 kHz.
+
+    python bench/source_rate.py --step 1 --out bench/results/source-rate-DATE-HOST.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from signals import RATE_HZ, clicks, clip_to_fraction, corpus_dir, si_sdr_db  # noqa: E402
+
+from archivox.config import RestoreOptions, RunOptions  # noqa: E402
+from archivox.tasks.declick import Declick  # noqa: E402
+from archivox.tasks.declip import Declip  # noqa: E402
+from archivox.tasks.pipeline import extract_audio, read_audio  # noqa: E402
+
+DEFECTS = ("declip", "declick")
+
+
+def damage(clean: np.ndarray, rate_hz: int, defect: str, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(clean, damaged, defects planted), both at full scale where the damage peaks, (1, n) at ``rate_hz``."""
+    if defect == "declip":
+        damaged = clip_to_fraction(clean, 0.02)
+        planted = 0
+    else:
+        extra, positions = clicks(clean.shape[1] / rate_hz, 5.0, amplitude=0.5 * float(np.abs(clean).max()),
+                                  seed=seed, rate_hz=rate_hz)
+        damaged, planted = clean + extra, len(positions)
+    gain = np.float32(0.999 / np.abs(damaged).max())
+    return clean * gain, damaged * gain, planted
+
+
+def one_case(path: Path, defect: str, seed: int, work: Path) -> dict:
+    data, rate_hz = sf.read(str(path), dtype="float32", always_2d=True)
+    clean, damaged, planted = damage(data.mean(axis=1)[None, :], rate_hz, defect, seed)
+    sf.write(work / "clean.wav", clean[0], rate_hz, subtype="FLOAT")
+    sf.write(work / "damaged.wav", damaged[0], rate_hz, subtype="PCM_24")
+    options = RunOptions(restore=RestoreOptions(stages=list(DEFECTS)), transcribe_enabled=False)
+    extract_audio(work / "clean.wav", work / "reference.wav", options, 0)  # 0: as recorded, no repair
+    extract_audio(work / "damaged.wav", work / "plain.wav", options, 0)
+    stage = Declip() if defect == "declip" else Declick()
+    started = time.perf_counter()
+    _, repairs = extract_audio(work / "damaged.wav", work / "extracted.wav", options, rate_hz)
+    repaired, _ = read_audio(Path(repairs["path"]) if repairs else work / "extracted.wav")
+    if not repairs or defect not in {row["stage"] for row in repairs["stages"]}:
+        repaired = stage(repaired, RATE_HZ).audio  # the chain runs it at 48 kHz
+    seconds = time.perf_counter() - started
+    reference, _ = read_audio(work / "reference.wav")
+    plain, _ = read_audio(work / "plain.wav")
+    started = time.perf_counter()
+    only_48k = stage(plain, RATE_HZ)
+    seconds_48k = time.perf_counter() - started
+    n = min(reference.shape[1], plain.shape[1], repaired.shape[1])
+    anchor = si_sdr_db(plain[:, :n], reference[:, :n])
+    at_source = next((row["metrics"] for row in repairs["stages"] if row["stage"] == defect), {}) if repairs else {}
+    found_key = "found_clipped_fraction" if defect == "declip" else "found_clicks"
+    return {
+        "name": path.name, "defect": defect, "rate_hz": rate_hz, "duration_s": clean.shape[1] / rate_hz,
+        "planted": planted,
+        "found_48k": only_48k.metrics.get(found_key, 0.0) or 0.0,
+        "found_source": at_source.get(found_key, 0.0) or 0.0,
+        "gain_48k": si_sdr_db(only_48k.audio[:, :n], reference[:, :n]) - anchor,
+        "gain": si_sdr_db(repaired[:, :n], reference[:, :n]) - anchor,
+        "seconds": seconds, "seconds_48k": seconds_48k,
+    }
+
+
+def table(rows: list[dict], defect: str) -> list[str]:
+    what = "clipped samples found (mean %)" if defect == "declip" else "clicks found / planted"
+    target = 5.0 if defect == "declip" else 10.0
+
+    def found(part, key) -> str:
+        if defect == "declip":
+            return f"{100 * np.mean([r[key] for r in part]):.3f}"
+        return f"{sum(r[key] for r in part):.0f} / {sum(r['planted'] for r in part)}"
+
+    lines = [
+        f"### {defect} (target gain: >= {target:g} dB)",
+        "",
+        f"| source rate | files | {what}, 48 kHz only | {what}, at the source rate | gain, 48 kHz only: mean / worst | "
+        f"gain, archivox: mean / worst | files >= {target:g} dB, 48 kHz only | files >= {target:g} dB, archivox |",
+        "|---|---:|---:|---:|---|---|---:|---:|",
+    ]
+    groups = [(f"{rate} Hz", [r for r in rows if r["rate_hz"] == rate]) for rate in sorted({r["rate_hz"] for r in rows})]
+    for label, part in [*groups, ("all", rows)]:
+        at_source = "(the stage at 48 kHz)" if label == f"{RATE_HZ} Hz" else found(part, "found_source")
+        lines.append(
+            f"| {label} | {len(part)} | {found(part, 'found_48k')} | {at_source} | "
+            f"{np.mean([r['gain_48k'] for r in part]):.2f} / {min(r['gain_48k'] for r in part):.2f} | "
+            f"{np.mean([r['gain'] for r in part]):.2f} / {min(r['gain'] for r in part):.2f} | "
+            f"{sum(r['gain_48k'] >= target for r in part)}/{len(part)} | {sum(r['gain'] >= target for r in part)}/{len(part)} |")
+    audio_s = sum(r["duration_s"] for r in rows)
+    under = ", ".join(f"{r['name']} ({r['gain']:.2f})" for r in rows if r["gain"] < target) or "none"
+    lines += [
+        "",
+        f"Speed over {audio_s:.0f} s: extraction with the repairs at the source's rate and the stage at 48 kHz "
+        f"where it still runs, {audio_s / sum(r['seconds'] for r in rows):.1f}x real time; the stage alone at 48 kHz "
+        f"{audio_s / sum(r['seconds_48k'] for r in rows):.1f}x.",
+        "",
+        f"Files under {target:g} dB (archivox): {under}",
+        "",
+    ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--step", type=int, default=1, help="use every STEP-th speech_clean file")
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--defects", default=",".join(DEFECTS))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    corpus = corpus_dir()
+    if corpus is None:
+        raise SystemExit("the shared corpus is not present (../shared/corpus or $ARCHIVOX_CORPUS)")
+    files = sorted((corpus / "speech_clean").iterdir())[args.offset :: args.step]
+    lines = [
+        f"# Defects planted at the source's own rate ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"Machine: {platform.node()} ({os.cpu_count()} cores, shared), one thread; Python {platform.python_version()}.",
+        f"Command: `python bench/source_rate.py --step {args.step} --offset {args.offset} --defects {args.defects}`",
+        "",
+        f"{len(files)} corpus speech files, damaged at their own rate and extracted as a run does. SI-SDR gain (dB) "
+        "over the extracted damaged audio, against the undamaged file extracted the same way.",
+        "",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for defect in [d.strip() for d in args.defects.split(",") if d.strip()]:
+            rows = []
+            for i, path in enumerate(files):
+                rows.append(one_case(path, defect, seed=5 + i, work=Path(tmp)))
+                print(f"[{defect} {i + 1}/{len(files)}] {path.name} {rows[-1]['rate_hz']} Hz gain "
+                      f"{rows[-1]['gain']:.2f} dB (48 kHz only {rows[-1]['gain_48k']:.2f})", file=sys.stderr, flush=True)
+            lines += table(rows, defect)
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
