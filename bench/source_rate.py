@@ -7,7 +7,8 @@ For every ``--step``-th file of ``speech_clean``, at the file's own rate
 
 - declip: 2 % of the samples clipped (full scale at the clip level);
 - declick: clicks of 1-4 samples at 5 per second, -12 to -6 dB under the
-  file's peak (as ``bench/stages.py`` plants them, but at the source's rate).
+  file's peak (as ``bench/stages.py`` plants them, but at the source's rate);
+- none: the file as it is, for what the repairs do where nothing is wrong.
 
 Each damaged file is written as a 24-bit WAV and extracted the way
 ``archivox run`` does it (``pipeline.extract_audio`` with the ``auto``
@@ -49,12 +50,14 @@ from archivox.tasks.declick import Declick  # noqa: E402
 from archivox.tasks.declip import Declip  # noqa: E402
 from archivox.tasks.pipeline import extract_audio, read_audio  # noqa: E402
 
-DEFECTS = ("declip", "declick")
+DEFECTS = ("declip", "declick")  # and "none": undamaged files, for what the repairs do to them
 
 
 def damage(clean: np.ndarray, rate_hz: int, defect: str, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(clean, damaged, defects planted), both at full scale where the damage peaks, (1, n) at ``rate_hz``."""
-    if defect == "declip":
+    if defect == "none":
+        damaged, planted = clean, 0
+    elif defect == "declip":
         damaged = clip_to_fraction(clean, 0.02)
         planted = 0
     else:
@@ -77,7 +80,7 @@ def one_case(path: Path, defect: str, seed: int, work: Path) -> dict:
     started = time.perf_counter()
     _, repairs = extract_audio(work / "damaged.wav", work / "extracted.wav", options, rate_hz)
     repaired, _ = read_audio(Path(repairs["path"]) if repairs else work / "extracted.wav")
-    if not repairs or defect not in {row["stage"] for row in repairs["stages"]}:
+    if defect != "none" and (not repairs or defect not in {row["stage"] for row in repairs["stages"]}):
         repaired = stage(repaired, RATE_HZ).audio  # the chain runs it at 48 kHz
     seconds = time.perf_counter() - started
     reference, _ = read_audio(work / "reference.wav")
@@ -86,6 +89,12 @@ def one_case(path: Path, defect: str, seed: int, work: Path) -> dict:
     only_48k = stage(plain, RATE_HZ)
     seconds_48k = time.perf_counter() - started
     n = min(reference.shape[1], plain.shape[1], repaired.shape[1])
+    if defect == "none":
+        return {"name": path.name, "rate_hz": rate_hz, "duration_s": clean.shape[1] / rate_hz,
+                "repaired_by": sorted(row["stage"] for row in repairs["stages"]) if repairs else [],
+                "clicks": sum(row["metrics"].get("found_clicks") or 0 for row in repairs["stages"]) if repairs else 0,
+                "sisdr": si_sdr_db(repaired[:, :n], reference[:, :n]) if repairs else float("inf"),
+                "seconds": seconds}
     anchor = si_sdr_db(plain[:, :n], reference[:, :n])
     at_source = next((row["metrics"] for row in repairs["stages"] if row["stage"] == defect), {}) if repairs else {}
     found_key = "found_clipped_fraction" if defect == "declip" else "found_clicks"
@@ -98,6 +107,26 @@ def one_case(path: Path, defect: str, seed: int, work: Path) -> dict:
         "gain": si_sdr_db(repaired[:, :n], reference[:, :n]) - anchor,
         "seconds": seconds, "seconds_48k": seconds_48k,
     }
+
+
+def clean_table(rows: list[dict]) -> list[str]:
+    """Undamaged files through the same extraction: what the source-rate repairs do where nothing is wrong."""
+    lines = [
+        "### undamaged files (the auto preset's look at the source's rate)",
+        "",
+        "| source rate | files | minutes | files repaired at the source rate (declick / declip) | clicks refilled per minute | SI-SDR of the result against the file as recorded: median / worst (dB) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for rate in sorted({r["rate_hz"] for r in rows}):
+        part = [r for r in rows if r["rate_hz"] == rate]
+        touched = [r for r in part if r["repaired_by"]]
+        minutes = sum(r["duration_s"] for r in part) / 60
+        sisdr = [r["sisdr"] for r in touched]
+        lines.append(
+            f"| {rate} Hz | {len(part)} | {minutes:.1f} | {sum('declick' in r['repaired_by'] for r in part)} / "
+            f"{sum('declip' in r['repaired_by'] for r in part)} | {sum(r['clicks'] for r in part) / minutes:.2f} | "
+            + (f"{np.median(sisdr):.1f} / {min(sisdr):.1f}" if sisdr else "(none touched)") + " |")
+    return [*lines, ""]
 
 
 def table(rows: list[dict], defect: str) -> list[str]:
@@ -142,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--step", type=int, default=1, help="use every STEP-th speech_clean file")
     parser.add_argument("--offset", type=int, default=0)
-    parser.add_argument("--defects", default=",".join(DEFECTS))
+    parser.add_argument("--defects", default=",".join((*DEFECTS, "none")))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     corpus = corpus_dir()
@@ -164,9 +193,11 @@ def main() -> None:
             rows = []
             for i, path in enumerate(files):
                 rows.append(one_case(path, defect, seed=5 + i, work=Path(tmp)))
-                print(f"[{defect} {i + 1}/{len(files)}] {path.name} {rows[-1]['rate_hz']} Hz gain "
-                      f"{rows[-1]['gain']:.2f} dB (48 kHz only {rows[-1]['gain_48k']:.2f})", file=sys.stderr, flush=True)
-            lines += table(rows, defect)
+                outcome = (f"repaired by {rows[-1]['repaired_by']}" if defect == "none" else
+                           f"gain {rows[-1]['gain']:.2f} dB (48 kHz only {rows[-1]['gain_48k']:.2f})")
+                print(f"[{defect} {i + 1}/{len(files)}] {path.name} {rows[-1]['rate_hz']} Hz {outcome}",
+                      file=sys.stderr, flush=True)
+            lines += clean_table(rows) if defect == "none" else table(rows, defect)
     text = "\n".join(lines)
     print(text)
     if args.out:
