@@ -252,7 +252,7 @@ def extract_audio(source: Path, destination: Path, options: RunOptions,
             # Rebuilt peaks may pass full scale; like the declip stage, keep
             # them its headroom under it, with one gain for the whole item.
             headroom_db = next((s.headroom_db for s in stages if s.name == "declip"), 0.0)
-            gain_db = min(0.0, -headroom_db - peak_dbfs) if peak_dbfs > -headroom_db else 0.0
+            gain_db = min(0.0, -headroom_db - peak_dbfs)
             repaired = work / "repaired.wav"
             # ffmpeg brings both versions to the working rate with the resampler a direct decode uses.
             extraction.decode_to_file(repaired_at_source_rate, repaired, channel_policy="mix",
