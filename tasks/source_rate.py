@@ -36,7 +36,7 @@ def stages_at_source_rate(stage_names: list[str], stage_params: dict[str, dict[s
                           source_rate_hz: int) -> list[Stage]:
     """The stages among ``stage_names`` (with their parameters) to run at ``source_rate_hz`` before resampling.
 
-    None for a source at the working rate (or of unknown rate).
+    Empty for a source at the working rate (or of unknown rate).
     """
     if source_rate_hz in (0, WORKING_RATE_HZ):
         return []
