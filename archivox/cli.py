@@ -167,7 +167,9 @@ def _extracted(path: Path, options, work_parent: Path):
     work_parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".archivox-", dir=work_parent) as work:
         decoded = Path(work) / "input.wav"
-        _, repairs = extract_audio(path, decoded, options, probe(path).sample_rate_hz)
+        media = probe(path)
+        _, repairs = extract_audio(path, decoded, options, media.sample_rate_hz,
+                                   long_item=media.duration_s > options.restore.long_s)
         yield (Path(repairs["path"]) if repairs else decoded), repairs
 
 

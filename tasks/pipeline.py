@@ -203,7 +203,8 @@ def extract(plan: ItemPlan, options: RunOptions) -> str:
     """
     destination = Path(plan.work_dir) / "original.wav"
     channel_info, repairs = extract_audio(
-        Path(plan.source_path), destination, options, int(plan.media.get("sample_rate_hz") or 0))
+        Path(plan.source_path), destination, options, int(plan.media.get("sample_rate_hz") or 0),
+        long_item=float(plan.media.get("duration_s") or 0.0) > options.restore.long_s)
     if repairs:
         plan.media["source_rate_repairs"] = repairs
     samples = channel_info.pop("samples")
@@ -214,24 +215,25 @@ def extract(plan: ItemPlan, options: RunOptions) -> str:
     return str(destination)
 
 
-def extract_audio(source: Path, destination: Path, options: RunOptions,
-                  source_rate_hz: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def extract_audio(source: Path, destination: Path, options: RunOptions, source_rate_hz: int,
+                  long_item: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Decode ``source`` to a mono float32 WAV at 48 kHz; (channel information with ``samples``, source-rate repairs).
 
     Streams through files, so an item's length does not bound what a worker
     can take. A source recorded at another rate is first decoded at its own
     rate, and declip and declick (those of the run's stages; with the
     ``auto`` preset, those that find something) run there: see
-    ``archivox.tasks.source_rate``. The repaired audio is brought to 48 kHz
-    beside ``destination`` ("repaired.wav") and described by the second
-    value (path, stage rows), else None; ``destination`` stays as recorded.
+    ``archivox.tasks.source_rate``; so does declip on a ``long_item`` at
+    48 kHz. The repaired audio is brought to 48 kHz beside ``destination``
+    ("repaired.wav") and described by the second value (path, stage rows),
+    else None; ``destination`` stays as recorded.
     """
     from archivox.tasks import source_rate
 
     destination.parent.mkdir(parents=True, exist_ok=True)
     common = {"stream_index": options.restore.audio_stream, "timeout_s": options.ffmpeg_timeout_s}
     names = options.restore.resolved_stages()
-    stages = source_rate.stages_at_source_rate(names, _preset_params(options), source_rate_hz)
+    stages = source_rate.stages_at_source_rate(names, _preset_params(options), source_rate_hz, long_item)
     if not stages:
         channel_info = extraction.decode_to_file(source, destination, channel_policy=options.restore.channel_policy,
                                                  rate_hz=WORKING_RATE_HZ, **common)

@@ -1,4 +1,4 @@
-"""Repairs made at the source's own sample rate, before the audio is resampled to the working rate.
+"""Repairs made before the chain, at the source's own sample rate, before the audio is resampled to the working rate.
 
 Clipping and clicks are defects of single samples. Resampling a 16 kHz
 transfer to 48 kHz smooths a clipped flat top into ripples and spreads a
@@ -12,7 +12,9 @@ against 0.95-1.00 when the stage runs at the source's rate.
 So a source recorded at another rate is decoded at that rate, these stages
 run there block by block (memory does not grow with the item), and the
 repaired audio is then resampled. The stages at 48 kHz that follow (DC,
-dehum, denoise, EQ, loudness) are not sensitive to the resampling.
+dehum, denoise, EQ, loudness) are not sensitive to the resampling. A long
+item at 48 kHz is declipped here too, so that its rebuilt peaks get one
+gain for the whole item (see ``stages_at_source_rate``).
 """
 
 from __future__ import annotations
@@ -33,15 +35,22 @@ _DECLICK_MAX_RATE_HZ = 48_000
 
 
 def stages_at_source_rate(stage_names: list[str], stage_params: dict[str, dict[str, Any]],
-                          source_rate_hz: int) -> list[Stage]:
-    """The stages among ``stage_names`` (with their parameters) to run at ``source_rate_hz`` before resampling.
+                          source_rate_hz: int, long_item: bool = False) -> list[Stage]:
+    """The stages among ``stage_names`` (with their parameters) to run at ``source_rate_hz`` before the chain.
 
-    Empty for a source at the working rate (or of unknown rate).
+    A source at the working rate needs none, except declip on a long item:
+    the chain restores a long item block by block, and declip's rebuilt
+    peaks, scaled down block by block to stay under full scale, would step
+    the level from one block to the next (10 dB on a generated item); run
+    first over the whole file, they get one gain. Empty for a source of
+    unknown rate.
     """
-    if source_rate_hz in (0, WORKING_RATE_HZ):
+    if source_rate_hz == 0:
         return []
     names = [n for n in SOURCE_RATE_STAGES if n in stage_names]
-    if source_rate_hz > _DECLICK_MAX_RATE_HZ:
+    if source_rate_hz == WORKING_RATE_HZ:
+        names = [n for n in names if n == "declip" and long_item]
+    elif source_rate_hz > _DECLICK_MAX_RATE_HZ:
         names = [n for n in names if n != "declick"]
     return list(build_chain(names, {n: stage_params.get(n, {}) for n in names}).stages) if names else []
 

@@ -158,3 +158,20 @@ def test_cli_diagnoses_and_restores_at_the_source_rate(tmp_path, capsys) -> None
     out, _ = sf.read(tmp_path / "out.flac", dtype="float32")
     assert _gain_db(out, _to_48k(clipped, 16_000)[0], _to_48k(clean, 16_000)[0]) >= 5.0
     assert not list(tmp_path.glob(".archivox-*"))  # the work folder is gone
+
+
+def test_a_long_clipped_item_at_48_khz_gets_one_gain_not_one_per_block(tmp_path) -> None:
+    # Louder, clipped middle; the chain's declip would scale its rebuilt peaks
+    # block by block and step the level between blocks.
+    seconds = 30.0
+    audio = _partials(seconds, RATE_HZ) * np.float32(0.8)
+    clipped = slice(int(8 * RATE_HZ), int(14 * RATE_HZ))  # in the first two of three 10 s blocks
+    audio[0, clipped] = np.clip(audio[0, clipped] * 3.0, -0.5, 0.5) * 2.0
+    restore = RestoreOptions(stages=["declip"], block_s=10.0, long_s=12.0)
+    _, restored, out = _run(tmp_path, audio, RATE_HZ, restore)
+    assert restored["stages"][0]["metrics"]["at_source_rate"] is True
+    assert restored["stages"][0]["metrics"]["scaled_db"] < -3.0  # the rebuilt peaks needed it
+    # Unclipped seconds in a block with clipping (2 s) and in one without (25 s): the same gain.
+    change_db = [20 * np.log10(np.sqrt(np.mean(out[a:a + RATE_HZ] ** 2)) / np.sqrt(np.mean(audio[0, a:a + RATE_HZ] ** 2)))
+                 for a in (2 * RATE_HZ, 25 * RATE_HZ)]
+    assert abs(change_db[0] - change_db[1]) < 0.5, change_db
