@@ -214,7 +214,7 @@ def run_chain_from_file(
 
         per_stage: list[list[tuple[dict[str, Any], float, float]]] = [[] for _ in block_stages]
         seconds = [0.0] * len(block_stages)
-        for k, ((start, end), (window, w0)) in enumerate(zip(spans, _windows(source, spans, context_n))):
+        for k, ((start, end), (window, w0)) in enumerate(zip(spans, read_windows(source, spans, context_n))):
             last = k == len(spans) - 1
             # What this block emits: its span plus half a fade each side (none at the item's ends).
             emitted = slice(0 if k == 0 else start - half - w0, (total_n if last else end + half) - w0)
@@ -271,7 +271,7 @@ def _loudness_from_file(stage, source: Path, destination: Path, work_dir: Path, 
         reduction = 0.0
         with _Sinks() as sinks:
             out = sinks.open(staged, rate_hz, channels)
-            for (start, end), (block, w0) in zip(spans, _windows(source, spans, context_n)):
+            for (start, end), (block, w0) in zip(spans, read_windows(source, spans, context_n)):
                 core = slice(start - w0, end - w0)
                 limited, r = stage.gain_and_limit(block, rate_hz, gain_db)
                 piece = limited[:, core]
@@ -307,7 +307,7 @@ def _loudness_from_file(stage, source: Path, destination: Path, work_dir: Path, 
     return metrics
 
 
-def _windows(source: Path, spans: list[tuple[int, int]], context_n: int) -> Iterator[tuple[np.ndarray, int]]:
+def read_windows(source: Path, spans: list[tuple[int, int]], context_n: int) -> Iterator[tuple[np.ndarray, int]]:
     """For each span: (the span with ``context_n`` samples each side, (channels, samples); where that starts)."""
     with sf.SoundFile(str(source)) as reader:
         total = reader.frames

@@ -239,7 +239,9 @@ def extract_audio(source: Path, destination: Path, options: RunOptions, source_r
                                                  rate_hz=WORKING_RATE_HZ, **common)
         return channel_info, None
     work = destination.parent
-    at_source_rate = work / f".{destination.stem}.source_rate.wav"
+    # At the working rate (a long item) the original itself is what is repaired.
+    at_working_rate = source_rate_hz == WORKING_RATE_HZ
+    at_source_rate = destination if at_working_rate else work / f".{destination.stem}.source_rate.wav"
     repaired_at_source_rate = work / f".{destination.stem}.source_rate_repaired.wav"
     repairs = None
     try:
@@ -262,12 +264,14 @@ def extract_audio(source: Path, destination: Path, options: RunOptions, source_r
             for record in records:
                 record.metrics["scaled_db"] = round(gain_db, 2)
             repairs = {"path": str(repaired), "stages": [asdict(r) for r in records]}
-        resampled = extraction.decode_to_file(at_source_rate, destination, channel_policy="mix",
-                                              rate_hz=WORKING_RATE_HZ, **common)
+        if not at_working_rate:
+            channel_info["samples"] = extraction.decode_to_file(
+                at_source_rate, destination, channel_policy="mix", rate_hz=WORKING_RATE_HZ, **common)["samples"]
     finally:
-        at_source_rate.unlink(missing_ok=True)
+        if not at_working_rate:
+            at_source_rate.unlink(missing_ok=True)
         repaired_at_source_rate.unlink(missing_ok=True)
-    return {**channel_info, "samples": resampled["samples"]}, repairs
+    return channel_info, repairs
 
 
 def _preset_params(options: RunOptions) -> dict[str, dict[str, Any]]:

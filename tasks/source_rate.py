@@ -55,16 +55,16 @@ def stages_at_source_rate(stage_names: list[str], stage_params: dict[str, dict[s
     return list(build_chain(names, {n: stage_params.get(n, {}) for n in names}).stages) if names else []
 
 
-def _windows(reader, block_s: float, context_s: float):
-    """(window (channels, n) float64, slice of its block inside it) for every block of an open sound file."""
-    rate_hz, total_n = reader.samplerate, reader.frames
-    block_n, context_n = max(1, int(block_s * rate_hz)), int(context_s * rate_hz)
-    for start in range(0, total_n, block_n):
-        end = min(total_n, start + block_n)
-        lead = min(context_n, start)
-        reader.seek(start - lead)
-        window = reader.read(end - start + lead + min(context_n, total_n - end), dtype="float64", always_2d=True)
-        yield window.T, slice(lead, lead + end - start)
+def _blocks(source: Path, block_s: float, context_s: float):
+    """(window (channels, n) float64, slice of its block inside it) for every block of an audio file."""
+    import soundfile as sf
+
+    from archivox.tasks.longform import block_spans, read_windows
+
+    info = sf.info(str(source))
+    spans = block_spans(info.frames, max(1, int(block_s * info.samplerate)))
+    for (start, end), (window, w0) in zip(spans, read_windows(source, spans, int(context_s * info.samplerate))):
+        yield window.astype(np.float64), slice(start - w0, end - w0)
 
 
 # Below this rate speech fills the whole band, and the click detector takes
@@ -91,14 +91,13 @@ def defects_at_source_rate(source: Path, stages: list[Stage], *, block_s: float 
     """Stage name -> whether it finds anything in the file at the file's own rate (a look, nothing written)."""
     import soundfile as sf
 
+    rate_hz = sf.info(str(source)).samplerate
     found = {stage.name: False for stage in stages}
-    with sf.SoundFile(str(source)) as reader:
-        for window, _ in _windows(reader, block_s, 0.0):
-            for stage in stages:
-                found[stage.name] = found[stage.name] or _finds_something(stage, window.astype(np.float32),
-                                                                          reader.samplerate)
-            if all(found.values()):
-                break
+    for window, _ in _blocks(source, block_s, 0.0):
+        for stage in stages:
+            found[stage.name] = found[stage.name] or _finds_something(stage, window.astype(np.float32), rate_hz)
+        if all(found.values()):
+            break
     return found
 
 
@@ -111,12 +110,12 @@ def defect_rates_at_source_rate(source: Path, *, block_s: float = 60.0) -> dict[
 
     declip, declick = Declip(), Declick(thorough=False)
     clipped = clicks = 0
-    with sf.SoundFile(str(source)) as reader:
-        rate_hz, total_n = reader.samplerate, reader.frames
-        for window, _ in _windows(reader, block_s, 0.0):
-            window = window.mean(axis=0, keepdims=True).astype(np.float32)
-            clipped += declip.detect(window, rate_hz)["clipped_samples"]
-            clicks += declick.detect(window, rate_hz)["clicks"]
+    info = sf.info(str(source))
+    rate_hz, total_n = info.samplerate, info.frames
+    for window, _ in _blocks(source, block_s, 0.0):
+        window = window.mean(axis=0, keepdims=True).astype(np.float32)
+        clipped += declip.detect(window, rate_hz)["clipped_samples"]
+        clicks += declick.detect(window, rate_hz)["clicks"]
     minutes = total_n / rate_hz / 60
     return {"clipped_fraction": round(clipped / max(total_n, 1), 6),
             "clicks_per_minute": round(clicks / minutes, 2) if minutes else 0.0}
@@ -142,11 +141,12 @@ def repair_file(source: Path, destination: Path, stages: list[Stage], *, block_s
     per_stage: list[list[tuple[dict[str, Any], float, float]]] = [[] for _ in stages]
     seconds = [0.0] * len(stages)
     peak = 0.0
-    with sf.SoundFile(str(source)) as reader, atomic_path(Path(destination)) as temporary:
-        rate_hz = reader.samplerate
-        with sf.SoundFile(str(temporary), "w", samplerate=rate_hz, channels=reader.channels, subtype="FLOAT",
+    info = sf.info(str(source))
+    rate_hz = info.samplerate
+    with atomic_path(Path(destination)) as temporary:
+        with sf.SoundFile(str(temporary), "w", samplerate=rate_hz, channels=info.channels, subtype="FLOAT",
                           format="WAV") as writer:
-            for window, body in _windows(reader, block_s, context_s):
+            for window, body in _blocks(source, block_s, context_s):
                 audio = window
                 for i, stage in enumerate(stages):
                     started = time.perf_counter()
