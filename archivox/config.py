@@ -17,13 +17,14 @@ from typing import Any
 
 from archivox.errors import ConfigError
 from archivox.tasks.chain import (
+    RESTORATION_REVISION,
     STAGE_ORDER,
     available_stages,
     check_range,
     parse_stage_list,
 )
 from archivox.tasks.extract import CHANNEL_POLICIES
-from archivox.tasks.transcribe import TranscribeOptions
+from archivox.tasks.transcribe import TRANSCRIPTION_REVISION, TranscribeOptions
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -106,10 +107,17 @@ class RunOptions:
         return cls(**data)
 
     def output_config(self) -> dict[str, Any]:
-        """The settings that change what a run writes (hashed into ``config_hash``)."""
+        """The settings that change what a run writes (hashed into ``config_hash``).
+
+        The code revisions are in it too: a release that restores or
+        transcribes differently with the same settings changes the hash, so
+        items done by an older release are done again.
+        """
         restore = dataclasses.asdict(self.restore)
         restore["stages"] = self.restore.resolved_stages()
+        restore["revision"] = RESTORATION_REVISION
         transcribe = {k: v for k, v in dataclasses.asdict(self.transcribe).items() if k not in ("device", "compute_type")}
+        transcribe["revision"] = TRANSCRIPTION_REVISION
         return {"restore": restore, "transcribe": transcribe if self.transcribe_enabled else None}
 
     def config_hash(self) -> str:

@@ -51,7 +51,7 @@ def _action(row: dict[str, Any], before: pipeline.PreviousRuns, config_hash: str
     elif ok["sha256"] != row["sha256"]:
         action = "changed (checksum)"
     elif ok["config_hash"] != config_hash:
-        action = "stage configuration changed"
+        action = "settings or archivox revision changed"
     elif ok["models_key"] != models_key:
         action = "model changed"
     else:

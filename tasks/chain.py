@@ -25,6 +25,14 @@ from archivox.errors import ConfigError
 
 WORKING_RATE_HZ = 48_000
 
+# Bumped by every release that changes what the chain writes for the same
+# settings (a stage's algorithm, where a stage runs). It is part of the
+# configuration hash, so that a nightly run redoes the items an older release
+# restored instead of keeping them as "unchanged" for ever.
+# 2: declip and declick at the source's own sample rate (session 4).
+# 3: a rate-aware click detector and declip under 32 kHz.
+RESTORATION_REVISION = 3
+
 # The stage names are a public contract: users pass them to
 # ``archivox restore --stages`` and scripts read them back from ``stages/``.
 # This is also the order they run in. Clicks come before hum and hum before

@@ -54,6 +54,12 @@ _FLAGGED_LOGPROB = -3.0  # what a flagged segment counts as in the score
 _EMPTY_SCORE = -1.5  # an empty transcript: worse than speech decoded with confidence
 
 
+# Bumped by every release that changes the transcript for the same settings
+# (the view choice, the flags); part of the configuration hash (see
+# ``archivox.tasks.chain.RESTORATION_REVISION``).
+TRANSCRIPTION_REVISION = 1
+
+
 @dataclass
 class TranscribeOptions:
     """How an item is transcribed.

@@ -81,6 +81,27 @@ def test_unchanged_items_are_skipped_and_forced_items_are_not(tmp_path):
     assert "failed 3 times" in exhausted.skip_reason
 
 
+def test_an_item_done_by_an_older_release_is_done_again(tmp_path, monkeypatch):
+    """A release that restores differently with the same settings must not leave old outputs as 'unchanged'."""
+    import archivox.config
+
+    write_wav(tmp_path / "root" / "tape.wav", speech_like(1.0), RATE_HZ)
+    options = RunOptions(restore=RestoreOptions(stages=["dc"]), transcribe_enabled=True)
+    first, _ = _plan(tmp_path, options=options)
+    restored_path = tmp_path / "out" / "tape.wav.flac"
+    restored_path.parent.mkdir(parents=True)
+    restored_path.write_bytes(b"x")
+    previous = {"sha256": first.sha256, "config_hash": options.config_hash(), "models_key": "", "restored_path": str(restored_path), "run_id": "r0"}
+    for constant in ("RESTORATION_REVISION", "TRANSCRIPTION_REVISION"):
+        with monkeypatch.context() as patch:
+            patch.setattr(archivox.config, constant, getattr(archivox.config, constant) + 1)
+            assert options.config_hash() != previous["config_hash"]
+            redone, _ = _plan(tmp_path, previous=previous, options=options, config_hash=options.config_hash())
+            assert redone.skip_reason == ""
+    same, _ = _plan(tmp_path, previous=previous, options=options)
+    assert same.skip_reason.startswith("unchanged since run r0")
+
+
 def test_restore_hands_transcription_the_denoised_audio_before_loudness(tmp_path):
     write_wav(tmp_path / "root" / "tape.wav", speech_like(4.0, level_db=-35.0), RATE_HZ, subtype="FLOAT")
     options = RunOptions(restore=RestoreOptions(stages=["dc", "denoise", "loudness"]), transcribe_enabled=False)

@@ -69,7 +69,7 @@ def test_nightly_report_says_why_each_item_was_processed():
     assert actions == {
         "brand-new": "new",
         "changed": "changed (checksum)",
-        "reconfigured": "stage configuration changed",
+        "reconfigured": "settings or archivox revision changed",
         "new-model": "model changed",
         "flaky": "retried after failure",
         "same": "unchanged",
