@@ -335,9 +335,11 @@ def cmd_diagnose(args) -> int:
             diagnosis = diagnose_excerpts(decoded)  # long: from excerpts, as a run does
         else:
             diagnosis = diagnose(*read_audio(decoded))
-        if probe(source).sample_rate_hz not in (0, WORKING_RATE_HZ):
+        source_rate_hz = probe(source).sample_rate_hz
+        if source_rate_hz not in (0, WORKING_RATE_HZ):
             # Resampling to 48 kHz hides clipping and clicks; count them at the
             # source's own rate, where a run repairs them.
+            diagnosis.source_rate_hz = source_rate_hz
             at_source_rate = decoded.with_name("source_rate.wav")
             decode_to_file(source, at_source_rate, channel_policy=args.channel_policy, rate_hz=None)
             for name, value in defect_rates_at_source_rate(at_source_rate).items():

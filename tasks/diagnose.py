@@ -69,6 +69,14 @@ class Diagnosis:
     spectral_holes_fraction: float | None = None
     lossy_source_likely: bool = False
     lossy_evidence: str = ""
+    # The rate the recording was made at, where it is not the rate analysed
+    # (``sample_rate_hz``): clipping and clicks are then counted at this one.
+    source_rate_hz: int | None = None
+
+    def _rates(self) -> str:
+        if self.source_rate_hz in (None, self.sample_rate_hz):
+            return f"{self.sample_rate_hz} Hz"
+        return f"recorded at {self.source_rate_hz} Hz, analysed at {self.sample_rate_hz} Hz"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: no numpy scalars, no infinities (they become None)."""
@@ -96,7 +104,7 @@ class Diagnosis:
         else:
             hum = "none found (45-65 Hz)"
         lines = [
-            f"duration          {self.duration_s:.2f} s, {self.sample_rate_hz} Hz, {self.channels} channel(s)",
+            f"duration          {self.duration_s:.2f} s, {self._rates()}, {self.channels} channel(s)",
             f"DC offset         {db(self.dc_offset_dbfs)}",
             f"hum               {hum}",
             f"clicks            {self.clicks_per_minute:.1f} per minute",

@@ -316,6 +316,7 @@ def restore(plan: ItemPlan, extracted_path: str, options: RunOptions) -> dict[st
     repairs = _source_rate_repairs(plan)
     audio, rate_hz = read_audio(repairs["path"] if repairs else extracted_path)
     diagnosis, stage_names, stage_params = plan_stages(audio, rate_hz, options)
+    _note_source_rate(diagnosis, plan)
     chain = build_chain(_not_repaired_yet(stage_names, repairs), stage_params, device=options.device)
     work = Path(plan.work_dir)
     sources = {"original": extracted_path}
@@ -354,6 +355,12 @@ def _source_rate_repairs(plan: ItemPlan) -> dict[str, Any] | None:
     """What ``extract`` repaired at the source's rate (path of the repaired audio, stage rows), if anything."""
     found = plan.media.get("source_rate_repairs")
     return found if found and Path(found["path"]).is_file() else None
+
+
+def _note_source_rate(diagnosis: dict[str, Any], plan: ItemPlan) -> None:
+    source_rate_hz = plan.media.get("sample_rate_hz") or None
+    if source_rate_hz and source_rate_hz != diagnosis.get("sample_rate_hz"):
+        diagnosis["source_rate_hz"] = int(source_rate_hz)
 
 
 def _not_repaired_yet(stage_names: list[str], repairs: dict[str, Any] | None) -> list[str]:
@@ -397,6 +404,7 @@ def _restore_long(plan: ItemPlan, extracted_path: str, options: RunOptions, bloc
         sources["pre_denoise"] = str(result.written["denoise"])
         sources["denoised"] = str(result.written[finishing[0]]) if finishing else plan.restored_path
     diagnosis_row = diagnosis.to_dict()
+    _note_source_rate(diagnosis_row, plan)
     return {
         "sources": sources,
         "stages": _stage_rows(result.records, repairs, diagnosis_row),

@@ -102,6 +102,7 @@ def test_a_clipped_source_at_another_rate_is_repaired(tmp_path, rate_hz: int) ->
     assert restored["stages"][0]["metrics"]["at_source_rate"] is True
     assert restored["stages"][0]["metrics"]["rate_hz"] == rate_hz
     assert restored["diagnosis"]["clipped_fraction"] == pytest.approx(0.02, abs=0.003)
+    assert restored["diagnosis"]["source_rate_hz"] == rate_hz and restored["diagnosis"]["sample_rate_hz"] == 48_000
     # The original view stays as recorded; the residual holds what declipping added.
     original, _ = sf.read(restored["sources"]["original"], dtype="float32")
     assert _gain_db(original, as_extracted, reference) == pytest.approx(0.0, abs=0.5)
@@ -150,7 +151,9 @@ def test_cli_diagnoses_and_restores_at_the_source_rate(tmp_path, capsys) -> None
     clipped = clip_to_fraction(clean, 0.02)
     sf.write(tmp_path / "tape.wav", clipped[0], 16_000, subtype="PCM_24")
     assert main(["diagnose", str(tmp_path / "tape.wav"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["clipped_fraction"] == pytest.approx(0.02, abs=0.003)
+    diagnosis = json.loads(capsys.readouterr().out)
+    assert diagnosis["clipped_fraction"] == pytest.approx(0.02, abs=0.003)
+    assert (diagnosis["source_rate_hz"], diagnosis["sample_rate_hz"]) == (16_000, 48_000)
     assert main(["restore", str(tmp_path / "tape.wav"), "-o", str(tmp_path / "out.flac"), "--stages", "declip",
                  "--json"]) == 0
     stages = json.loads(capsys.readouterr().out)["stages"]
