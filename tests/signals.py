@@ -280,3 +280,17 @@ def plosive_onsets(duration_s: float, per_s: float, amplitude: float, decay_s: f
         m = min(k.size, n - p)
         out[p:p + m] += amplitude * r.choice([-1.0, 1.0]) * burst[:m]
     return out.astype(np.float32)[None, :], positions
+
+
+def bright_voice(duration_s: float, f0_hz: float = 180.0, level_db: float = -23.0, seed: int = 0,
+                 rate_hz: int = RATE_HZ) -> np.ndarray:
+    """A voice whose harmonics (1/sqrt(k), random phases) reach 0.45 x ``rate_hz``, with vibrato and a slow
+    swell, (1, n) float32. Full-band at 16 kHz like the bright LibriVox recordings, whose clipped runs are
+    mostly one or two samples long."""
+    r = rng(seed)
+    t = seconds(duration_s, rate_hz)
+    phase = 2 * np.pi * np.cumsum(f0_hz * (1 + 0.05 * np.sin(2 * np.pi * 0.7 * t))) / rate_hz
+    out = sum(k ** -0.5 * np.cos(k * phase + r.uniform(0, 2 * np.pi)) for k in range(1, int(0.45 * rate_hz / f0_hz)))
+    out = out * (0.6 + 0.4 * np.sin(2 * np.pi * 0.5 * t))
+    out *= 10 ** (level_db / 20) / max(np.sqrt(np.mean(out ** 2)), 1e-9)
+    return out.astype(np.float32)[None, :]
