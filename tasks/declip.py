@@ -43,10 +43,41 @@ def clipped_mask(x: np.ndarray, tolerance_db: float = 0.01, min_samples: int = 8
         at = x >= level * factor if side == 0 else x <= level * factor
         # Keep only runs of two or more: a lone sample at the extreme is a peak.
         runs = at & (np.roll(at, 1) | np.roll(at, -1))
-        if runs.sum() >= min_samples:
+        if runs.sum() >= min_samples and _entered_steeply(x, runs, level, 1.0 - factor):
             mask |= at if lone_samples else runs
             ceilings[side] = level * factor
     return mask, ceilings[0], ceilings[1]
+
+
+# A steady low tone (hum alone, a test tone) puts every period's peak at the
+# extreme, each a rounded top several samples wide inside the tolerance: a
+# 50 Hz sine at 48 kHz had 3 % of its samples taken for clipping. A clipped
+# run is entered and left steeply: two samples beyond it the waveform already
+# stands far below the ceiling, while a rounded top of the same width has only
+# begun to fall. A side counts as clipped when most of its run samples are in
+# runs that drop, two samples out, more than 3x what a parabola as wide as
+# the run would. On corpus speech clipped on 0.1-10 % of its samples (16 and
+# 48 kHz, 16-bit with dither included) at least 86 % of run samples pass; on
+# sines of 50-300 Hz (levels -40 to 0 dBFS, with and without noise) none do.
+_ROUND_TOP_STEPS = 2
+_ROUND_TOP_RATIO = 3.0
+
+
+def _entered_steeply(x: np.ndarray, runs: np.ndarray, level: float, band: float) -> bool:
+    """Whether the runs (mask (n,)) at ``level`` of x (n,) are mostly entered or left by a steep edge.
+
+    ``band``: the tolerance as a fraction of ``level``.
+    """
+    edges = np.diff(runs.astype(np.int8), prepend=0, append=0)
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    half = (stops - starts) / 2.0
+    rounded_drop = abs(level) * band * ((half + _ROUND_TOP_STEPS) / half) ** 2
+    sign = 1.0 if level > 0 else -1.0
+    before = abs(level) - sign * x[np.maximum(starts - _ROUND_TOP_STEPS, 0)]
+    after = abs(level) - sign * x[np.minimum(stops - 1 + _ROUND_TOP_STEPS, x.size - 1)]
+    steep = np.maximum(before, after) > _ROUND_TOP_RATIO * rounded_drop
+    lengths = stops - starts
+    return bool(lengths[steep].sum() * 2 > lengths.sum())
 
 
 # Each pass steps on past its projection by this fraction of its last step

@@ -7,7 +7,7 @@ import pytest
 
 from archivox.errors import ConfigError
 from archivox.tasks.declip import Declip, clipped_mask
-from signals import RATE_HZ, bright_voice, clip_to_fraction, load_speech, si_sdr_db, speech_like, tone
+from signals import RATE_HZ, bright_voice, clip_to_fraction, hum, load_speech, si_sdr_db, speech_like, tone
 
 
 def test_clipped_sine_is_rebuilt_above_the_ceiling() -> None:
@@ -34,6 +34,24 @@ def test_a_lone_extreme_sample_is_not_clipping() -> None:
     x = speech_like(2.0, seed=6)[0].astype(np.float64)
     mask, _, _ = clipped_mask(x)
     assert not mask.any()
+
+
+@pytest.mark.parametrize("rate_hz", [16_000, RATE_HZ])
+def test_the_rounded_peaks_of_hum_or_a_low_tone_are_not_clipping(rate_hz: int) -> None:
+    # Every period of a steady low tone peaks at the extreme, several samples
+    # inside the tolerance: a 50 Hz sine at 48 kHz used to read as 3 % clipped.
+    for signal in (tone(50.0, 3.0, -6.0, rate_hz), tone(150.0, 3.0, -3.0, rate_hz), hum(60.0, 3.0, -10.0, rate_hz=rate_hz)):
+        out = Declip()(signal, rate_hz)
+        assert out.metrics["found_clipped_fraction"] == 0.0 and out.metrics["changed"] is False
+        np.testing.assert_array_equal(out.audio, signal)
+    # The same tone cut 1 dB under its peak is clipping: its flat tops are
+    # entered at a slope a rounded top never has. (A cut of a few hundredths
+    # of a dB leaves tops no flatter than the tone's own, and is not found.)
+    low_tone = tone(50.0, 3.0, -6.0, rate_hz)
+    ceiling = float(np.abs(low_tone).max()) * 10 ** (-1 / 20)
+    clipped = np.clip(low_tone, -ceiling, ceiling)
+    truly = float(np.mean(np.abs(low_tone) >= ceiling))
+    assert Declip().detect(clipped, rate_hz)["clipped_fraction"] == pytest.approx(truly, rel=0.05)
 
 
 def test_parameters_are_validated() -> None:
