@@ -115,6 +115,18 @@ _BURST_RISE_DB = 10.0
 _BURST_UNDER_DB = -9.0
 _BURST_MARGIN_DB = 15.0
 
+# Speakers with sharp glottal closures (LibriSpeech 2414, 2609, VCTK p227)
+# leave error peaks that the pitch compensation misses when the pulse's shape
+# or sub-sample position changes from period to period. A candidate with a
+# peak in the uncompensated matched error within ``_PULSE_UNDER_DB`` of its
+# own one period (the block's, +-10 %) before AND after it is a glottal
+# pulse; a click has no such neighbours unless it falls on one. The period
+# must be the block's own: with any period from 2.5 to 16 ms, at 20 clicks/s
+# the other clicks made neighbours for 71 of 11,035 detected clicks.
+_PULSE_JITTER = 2
+_PULSE_UNDER_DB = -8.0
+_PULSE_MARGIN_DB = 6.0
+
 
 def _order_for(rate_hz: int, order: int) -> int:
     if rate_hz < _FULL_BAND_RATE_HZ:
@@ -140,7 +152,7 @@ def _typical_peak(values: np.ndarray, rate_hz: int) -> np.ndarray:
     return np.repeat(typical, hop)[:n] + 1e-15
 
 
-def _pitch_compensated(values: np.ndarray, rate_hz: int, block: int) -> np.ndarray:
+def _pitch_compensated(values: np.ndarray, rate_hz: int, block: int, periods: list | None = None) -> np.ndarray:
     """values with the voiced pitch-pulse train taken out (signed). (n,) -> (n,).
 
     Voiced speech leaves one peak per glottal pulse in the prediction error;
@@ -161,6 +173,8 @@ def _pitch_compensated(values: np.ndarray, rate_hz: int, block: int) -> np.ndarr
     lag = low + np.argmax(acf[:, low : high + 1], axis=1)
     gain = np.clip(acf[np.arange(blocks), lag] / (acf[:, 0] + 1e-30), 0.0, 1.0)
     gain[gain < 0.3] = 0.0  # unvoiced: nothing periodic to take out
+    if periods is not None:  # each block's period in samples, 0 where unvoiced (blocks,)
+        periods.append(np.where(gain > 0, lag, 0))
     lag_t = np.repeat(lag, block)[:n]
     gain_t = np.repeat(gain, block)[:n]
     # In-place updates: this loop is the stage's hottest spot.
@@ -253,7 +267,12 @@ def find_clicks(
         coefs = block_ar(x, p, block)
     error = prediction_error(x, coefs, block)
     error[:p] = 0.0  # the predictor has no past there
-    compensated = _pitch_compensated(matched_error(error, coefs, block), rate_hz, block)
+    full_band = rate_hz < _FULL_BAND_RATE_HZ
+    uncompensated = matched_error(error, coefs, block)
+    periods: list = []
+    compensated = _pitch_compensated(uncompensated, rate_hz, block, periods if full_band else None)
+    if full_band:
+        pulses = ndimage.maximum_filter1d(np.abs(uncompensated), 2 * _PULSE_JITTER + 1)
     local_rms = np.sqrt(np.maximum(ndimage.uniform_filter1d(x * x, int(_PEAK_HOP_S * rate_hz) | 1), 0) + 1e-20)
     big_error = ndimage.maximum_filter1d(np.abs(error), 7) >= local_rms * 10 ** (min_relative_db / 20)
     # Each pulse width against its own levels: the wider the pulse, the more
@@ -325,8 +344,12 @@ def find_clicks(
                 and size < programme * 10 ** (_ONSET_LOUD_DB / 20)
                 and _is_onset(x, first, width, size, rate_hz, peaks[peaks != peak])):
             continue
-        if (rate_hz < _FULL_BAND_RATE_HZ and matched[peak] < 10 ** (_BURST_MARGIN_DB / 20)
+        if (full_band and matched[peak] < 10 ** (_BURST_MARGIN_DB / 20)
                 and _opens_burst(x, error, backward, first, width, size, rate_hz, peaks[peaks != peak])):
+            continue
+        if (full_band and matched[peak] < 10 ** (_PULSE_MARGIN_DB / 20)
+                and _is_glottal(pulses, np.abs(uncompensated), peak,
+                                int(periods[0][min(peak // block, periods[0].size - 1)]))):
             continue
         if stop - start > _WIDTHS + 2 * _NARROW_PAD:
             start, stop = first - _NARROW_PAD, first + width + _NARROW_PAD
@@ -381,6 +404,24 @@ def _opens_burst(x: np.ndarray, error: np.ndarray, backward: np.ndarray, start: 
         return False
     near = x[a0 : min(n, a0 + int(_BURST_PEAK_S * rate_hz))][keep_a[: int(_BURST_PEAK_S * rate_hz)]]
     return bool(near.size and np.abs(near).max() >= abs(amplitude) * 10 ** (_BURST_UNDER_DB / 20))
+
+
+def _is_glottal(pulses: np.ndarray, size: np.ndarray, peak: int, period: int) -> bool:
+    """Whether the candidate at ``peak`` belongs to a voiced pulse train.
+
+    ``size``: |uncompensated matched error| (n,); ``pulses``: the same
+    max-filtered over the jitter (n,). True when peaks within
+    ``_PULSE_UNDER_DB`` of the candidate's sit one ``period`` (+-10 %) before
+    and after it; False where unvoiced (period 0)."""
+    if period <= 0:
+        return False
+    n = size.size
+    lags = np.arange(int(0.9 * period), int(np.ceil(1.1 * period)) + 1)
+    lags = lags[(peak - lags >= 0) & (peak + lags < n)]
+    if lags.size == 0:
+        return False
+    both = np.minimum(pulses[peak - lags], pulses[peak + lags]).max()
+    return bool(both >= size[max(0, peak - 3) : peak + 4].max() * 10 ** (_PULSE_UNDER_DB / 20))
 
 
 def _backward_error(x: np.ndarray, coefs: np.ndarray, block: int) -> np.ndarray:
