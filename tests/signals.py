@@ -294,3 +294,23 @@ def bright_voice(duration_s: float, f0_hz: float = 180.0, level_db: float = -23.
     out = out * (0.6 + 0.4 * np.sin(2 * np.pi * 0.5 * t))
     out *= 10 ** (level_db / 20) / max(np.sqrt(np.mean(out ** 2)), 1e-9)
     return out.astype(np.float32)[None, :]
+
+
+def noise_bursts(duration_s: float, per_s: float, amplitude: float, decay_s: float = 0.01, seed: int = 0,
+                 rate_hz: int = RATE_HZ) -> tuple[np.ndarray, np.ndarray]:
+    """Plosive releases as a full-band recording shows them: a one-sample spike of ``amplitude`` followed by
+    white noise (0.3 x ``amplitude`` RMS) decaying over ``decay_s``, one in each 1/``per_s`` stretch.
+    Returns (signal (1, n), burst start sample indices)."""
+    r = rng(seed)
+    n = int(round(duration_s * rate_hz))
+    count = int(round(duration_s * per_s))
+    stretch = n // count
+    positions = np.array([i * stretch + int(r.integers(stretch // 4, stretch // 2)) for i in range(count)])
+    out = np.zeros(n)
+    k = np.arange(int(4 * decay_s * rate_hz))
+    for p in positions:
+        burst = 0.3 * r.standard_normal(k.size) * np.exp(-k / (decay_s * rate_hz))
+        burst[0] = r.choice([-1.0, 1.0])
+        m = min(k.size, n - p)
+        out[p:p + m] += amplitude * burst[:m]
+    return out.astype(np.float32)[None, :], positions
