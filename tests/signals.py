@@ -259,6 +259,12 @@ def click_pairs(duration_s: float, pairs_per_s: float, gap_samples: tuple[int, i
     return out[None, :], np.array(positions)
 
 
+def _one_per_stretch(n: int, count: int, r: np.random.Generator) -> np.ndarray:
+    """``count`` sample positions in [0, n), one in the second quarter of each of ``count`` equal stretches."""
+    stretch = n // count
+    return np.array([i * stretch + int(r.integers(stretch // 4, stretch // 2)) for i in range(count)])
+
+
 def plosive_onsets(duration_s: float, per_s: float, amplitude: float, decay_s: float = 0.02, seed: int = 0,
                    rate_hz: int = RATE_HZ) -> tuple[np.ndarray, np.ndarray]:
     """Plosive-like bursts: a sharp step (one sample) that stays and decays over ``decay_s``, with 30 %
@@ -268,9 +274,7 @@ def plosive_onsets(duration_s: float, per_s: float, amplitude: float, decay_s: f
 
     r = rng(seed)
     n = int(round(duration_s * rate_hz))
-    count = int(round(duration_s * per_s))
-    stretch = n // count
-    positions = np.array([i * stretch + int(r.integers(stretch // 4, stretch // 2)) for i in range(count)])
+    positions = _one_per_stretch(n, int(round(duration_s * per_s)), r)
     out = np.zeros(n)
     k = np.arange(int(5 * decay_s * rate_hz))
     b, a = _signal.butter(2, 3000 / (rate_hz / 2))
@@ -303,9 +307,7 @@ def noise_bursts(duration_s: float, per_s: float, amplitude: float, decay_s: flo
     Returns (signal (1, n), burst start sample indices)."""
     r = rng(seed)
     n = int(round(duration_s * rate_hz))
-    count = int(round(duration_s * per_s))
-    stretch = n // count
-    positions = np.array([i * stretch + int(r.integers(stretch // 4, stretch // 2)) for i in range(count)])
+    positions = _one_per_stretch(n, int(round(duration_s * per_s)), r)
     out = np.zeros(n)
     k = np.arange(int(4 * decay_s * rate_hz))
     for p in positions:
