@@ -24,6 +24,11 @@ import numpy as np
 from archivox.errors import ConfigError
 
 WORKING_RATE_HZ = 48_000
+# Under this sample rate speech fills the band up to Nyquist; at 44.1 kHz
+# and above the band over ~8 kHz is nearly empty, and the declick and declip
+# settings were first tuned there. Both stages switch to their full-band
+# settings under it.
+FULL_BAND_RATE_HZ = 32_000
 
 # Bumped by every release that changes what the chain writes for the same
 # settings (a stage's algorithm, where a stage runs). It is part of the

@@ -30,7 +30,7 @@ from scipy import fft as sp_fft
 from scipy import ndimage
 
 from archivox.tasks.armodel import block_ar, lsar_fill, matched_error, prediction_error
-from archivox.tasks.chain import Stage, StageOutput, check_range
+from archivox.tasks.chain import FULL_BAND_RATE_HZ, Stage, StageOutput, check_range
 
 _BLOCK_S = 0.02
 _PEAK_HOP_S = 0.01
@@ -87,12 +87,11 @@ _ONSET_MARGIN_DB = 8.0
 _ONSET_LOUD_DB = -10.0
 
 
-# Under this rate speech fills the band up to Nyquist and the rules tuned at
+# Under FULL_BAND_RATE_HZ speech fills the band up to Nyquist and the rules tuned at
 # 48 kHz (where the band above ~8 kHz is nearly empty) take the speech's own
 # transients for clicks: 25 false detections a minute on the clean 16 kHz
 # tuning files (bench offsets 1 and 3, 79 files, 9.7 min). The changes below
 # apply under it only; 48 kHz detections are unchanged.
-_FULL_BAND_RATE_HZ = 32_000
 # The order scaled with the rate (11 at 16 kHz) leaves the formants of a
 # full-band voice in the error; 20 (the usual rate/1000 + 4 for speech)
 # whitens them: false detections 25 -> 15 a minute, F1 at 5 clicks/s
@@ -129,7 +128,7 @@ _PULSE_MARGIN_DB = 6.0
 
 
 def _order_for(rate_hz: int, order: int) -> int:
-    if rate_hz < _FULL_BAND_RATE_HZ:
+    if rate_hz < FULL_BAND_RATE_HZ:
         return max(8, int(round(order * _FULL_BAND_ORDER)))
     return max(8, int(round(order * rate_hz / 48_000)))
 
@@ -267,7 +266,7 @@ def find_clicks(
         coefs = block_ar(x, p, block)
     error = prediction_error(x, coefs, block)
     error[:p] = 0.0  # the predictor has no past there
-    full_band = rate_hz < _FULL_BAND_RATE_HZ
+    full_band = rate_hz < FULL_BAND_RATE_HZ
     uncompensated = matched_error(error, coefs, block)
     periods: list = []
     compensated = _pitch_compensated(uncompensated, rate_hz, block, periods if full_band else None)

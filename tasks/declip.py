@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import fft as sp_fft
 
-from archivox.tasks.chain import Stage, StageOutput, check_range
+from archivox.tasks.chain import FULL_BAND_RATE_HZ, Stage, StageOutput, check_range
 
 
 
@@ -100,7 +100,7 @@ _MOMENTUM = 0.6
 # from 9.84 to 9.60 dB.
 _TILTS = (-1.0, 0.0, 1.0)
 
-# Below this rate speech fills the band, and bright voices cross the ceiling
+# Below FULL_BAND_RATE_HZ speech fills the band, and bright voices cross the ceiling
 # for one sample at a time: on the 16 kHz LibriVox files that gained least
 # (librispeech_2414-128291-*, 367-130732-*), half the clipped samples were
 # lone ones, left at the ceiling though their true peaks stood up to 6x
@@ -109,7 +109,6 @@ _TILTS = (-1.0, 0.0, 1.0)
 # and 3 at 16-22 kHz: worst gain 0.68 -> 3.68 dB, 72 -> 79 of 82 files at
 # >= 5 dB). At 48 kHz a lone sample at the ceiling is rare and is left as the
 # stage was tuned.
-_FULL_BAND_RATE_HZ = 32_000
 
 # Below that rate the threshold also falls over this many times the passes.
 # Clipped runs there are a few samples long and the rebuilt peaks came out
@@ -184,7 +183,7 @@ def declip_channel(
         for b, e in batches
     ]
     tilt_axis = sp_fft.rfftfreq(frame, 1 / rate_hz) / 1000.0
-    if rate_hz < _FULL_BAND_RATE_HZ:
+    if rate_hz < FULL_BAND_RATE_HZ:
         iterations *= _FULL_BAND_PASS_FACTOR
     ratios = np.logspace(np.log10(0.5), floor_db / 20, iterations)
     results = []
@@ -244,7 +243,7 @@ class Declip(Stage):
         check_range("headroom_db", self.headroom_db, 0.0, 12.0)
 
     def detect(self, audio: np.ndarray, sample_rate_hz: int) -> dict[str, Any]:
-        lone = sample_rate_hz < _FULL_BAND_RATE_HZ
+        lone = sample_rate_hz < FULL_BAND_RATE_HZ
         found = [clipped_mask(np.asarray(ch, dtype=np.float64), self.tolerance_db, lone_samples=lone) for ch in audio]
         n = max(audio.shape[1], 1)
         fractions = [float(m.sum()) / n for m, _, _ in found]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from archivox.tasks.chain import WORKING_RATE_HZ, Stage, StageRecord, build_chain
+from archivox.tasks.chain import FULL_BAND_RATE_HZ, WORKING_RATE_HZ, Stage, StageRecord, build_chain
 
 SOURCE_RATE_STAGES: tuple[str, ...] = ("declip", "declick")
 # The click detector's settings were chosen and measured at 16-48 kHz; a
@@ -67,13 +67,12 @@ def _blocks(source: Path, block_s: float, context_s: float):
         yield window.astype(np.float64), slice(start - w0, end - w0)
 
 
-# Below this rate speech fills the whole band, and the click detector takes
+# Below FULL_BAND_RATE_HZ speech fills the whole band, and the click detector takes
 # some of its own transients for clicks: on the 165 clean corpus files under
 # 32 kHz its light count has a median of 0 a minute, a 99th percentile of 23
 # and a maximum of 34 (bench/results/source-rate-2026-11-21-vm-session5-declick.md;
 # before the rate-aware gates of session 5: median 10.6, maximum 124). A
 # source that low is declicked when it has clearly more than that.
-_FULL_BAND_RATE_HZ = 32_000
 _MIN_CLICKS_PER_MINUTE_FULL_BAND = 40.0
 
 
@@ -81,7 +80,7 @@ def _finds_something(stage: Stage, window: np.ndarray, rate_hz: int) -> bool:
     if stage.name == "declick":
         # Counting, as the diagnosis counts: the thorough search costs twice as much.
         found = dataclasses.replace(stage, thorough=False).detect(window, rate_hz)
-        if rate_hz < _FULL_BAND_RATE_HZ:
+        if rate_hz < FULL_BAND_RATE_HZ:
             return found["clicks_per_minute"] >= _MIN_CLICKS_PER_MINUTE_FULL_BAND
         return found["clicks"] > 0
     findings = stage.detect(window, rate_hz)
