@@ -162,8 +162,9 @@ def _typical_peak(values: np.ndarray, rate_hz: int) -> np.ndarray:
     return np.repeat(typical, hop)[:n] + 1e-15
 
 
-def _pitch_compensated(values: np.ndarray, rate_hz: int, block: int, periods: list | None = None) -> np.ndarray:
-    """values with the voiced pitch-pulse train taken out (signed). (n,) -> (n,).
+def _pitch_compensated(values: np.ndarray, rate_hz: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """values with the voiced pitch-pulse train taken out (signed), (n,) -> (n,), and each block's
+    period in samples, 0 where unvoiced (blocks,).
 
     Voiced speech leaves one peak per glottal pulse in the prediction error;
     each is predictable from the pulse one period earlier (or later), while a
@@ -183,8 +184,6 @@ def _pitch_compensated(values: np.ndarray, rate_hz: int, block: int, periods: li
     lag = low + np.argmax(acf[:, low : high + 1], axis=1)
     gain = np.clip(acf[np.arange(blocks), lag] / (acf[:, 0] + 1e-30), 0.0, 1.0)
     gain[gain < 0.3] = 0.0  # unvoiced: nothing periodic to take out
-    if periods is not None:  # each block's period in samples, 0 where unvoiced (blocks,)
-        periods.append(np.where(gain > 0, lag, 0))
     lag_t = np.repeat(lag, block)[:n]
     gain_t = np.repeat(gain, block)[:n]
     # In-place updates: this loop is the stage's hottest spot.
@@ -205,7 +204,7 @@ def _pitch_compensated(values: np.ndarray, rate_hz: int, block: int, periods: li
             np.less(size, best, out=better)
             np.copyto(best, size, where=better)
             np.copyto(signed, candidate, where=better)
-    return signed
+    return signed, np.where(gain > 0, lag, 0)
 
 
 def _width_statistic(matched: np.ndarray, coefs: np.ndarray, block: int,
@@ -279,8 +278,7 @@ def find_clicks(
     error[:p] = 0.0  # the predictor has no past there
     full_band = rate_hz < FULL_BAND_RATE_HZ
     uncompensated = matched_error(error, coefs, block)
-    periods: list = []
-    compensated = _pitch_compensated(uncompensated, rate_hz, block, periods if full_band else None)
+    compensated, periods = _pitch_compensated(uncompensated, rate_hz, block)
     if full_band:
         pulses = ndimage.maximum_filter1d(np.abs(uncompensated), 2 * _PULSE_JITTER + 1)
     local_rms = np.sqrt(np.maximum(ndimage.uniform_filter1d(x * x, int(_PEAK_HOP_S * rate_hz) | 1), 0) + 1e-20)
@@ -359,7 +357,7 @@ def find_clicks(
             continue
         if (full_band and matched[peak] < 10 ** (_PULSE_MARGIN_DB / 20)
                 and _is_glottal(pulses, np.abs(uncompensated), peak,
-                                int(periods[0][min(peak // block, periods[0].size - 1)]), peaks[peaks != peak])):
+                                int(periods[min(peak // block, periods.size - 1)]), peaks[peaks != peak])):
             continue
         if (full_band and matched[peak] < 10 ** (_BURST_MARGIN_DB / 20)
                 and abs(size) < local_rms[peak] * 10 ** (_MASKED_LOCAL_DB / 20)
@@ -393,6 +391,14 @@ def _is_onset(x: np.ndarray, start: int, width: int, amplitude: float, rate_hz: 
     return bool(rise >= 10 ** (_ONSET_RISE_DB / 20) and np.abs(after).max() >= abs(amplitude) * 10 ** (_ONSET_UNDER_DB / 20))
 
 
+def _away_from(others: np.ndarray, lo: int, hi: int, before: int, after: int) -> np.ndarray:
+    """(hi - lo,) bool: the samples lo .. hi-1 outside every [q - before, q + after) of the ``others`` positions."""
+    keep = np.ones(max(0, hi - lo), dtype=bool)
+    for q in others[(others > lo - after) & (others < hi + before)]:
+        keep[max(0, q - before - lo) : max(0, q + after - lo)] = False
+    return keep
+
+
 def _opens_burst(x: np.ndarray, error: np.ndarray, backward: np.ndarray, start: int, width: int, amplitude: float,
                  rate_hz: int, others: np.ndarray) -> bool:
     """Whether the pulse x[start:start+width] of least-squares ``amplitude`` is the first spike of a noisy burst.
@@ -404,11 +410,8 @@ def _opens_burst(x: np.ndarray, error: np.ndarray, backward: np.ndarray, start: 
     span, gap = int(_BURST_S * rate_hz), 2
     b0, b1 = max(0, start - gap - span), max(0, start - gap)
     a0, a1 = min(n, start + width + gap), min(n, start + width + gap + span)
-    keep_b = np.ones(b1 - b0, dtype=bool)
-    keep_a = np.ones(a1 - a0, dtype=bool)
-    for q in others[(others > b0 - 2 * _WIDTHS) & (others < a1 + 2 * _WIDTHS)]:
-        keep_b[max(0, q - _WIDTHS - b0) : max(0, q + 2 * _WIDTHS - b0)] = False
-        keep_a[max(0, q - _WIDTHS - a0) : max(0, q + 2 * _WIDTHS - a0)] = False
+    keep_b = _away_from(others, b0, b1, _WIDTHS, 2 * _WIDTHS)
+    keep_a = _away_from(others, a0, a1, _WIDTHS, 2 * _WIDTHS)
     before = np.abs(error[b0:b1])[keep_b]
     after = np.abs(backward[a0:a1])[keep_a]
     if before.size < 4 or after.size < 4:
@@ -426,10 +429,7 @@ def _under_sound(x: np.ndarray, start: int, width: int, amplitude: float, rate_h
     least-squares ``amplitude``; ``others`` (candidate positions) are left out."""
     n = x.size
     a0, a1 = min(n, start + width + 2), min(n, start + width + 2 + int(_BURST_PEAK_S * rate_hz))
-    keep = np.ones(a1 - a0, dtype=bool)
-    for q in others[(others > a0 - 2 * _WIDTHS) & (others < a1 + 2 * _WIDTHS)]:
-        keep[max(0, q - _WIDTHS - a0) : max(0, q + 2 * _WIDTHS - a0)] = False
-    near = x[a0:a1][keep]
+    near = x[a0:a1][_away_from(others, a0, a1, _WIDTHS, 2 * _WIDTHS)]
     return bool(near.size and np.abs(near).max() >= abs(amplitude) * 10 ** (over_db / 20))
 
 
@@ -456,9 +456,8 @@ def _is_glottal(pulses: np.ndarray, size: np.ndarray, peak: int, period: int, ot
             lo, hi = max(0, peak + sign * k * period - below), min(n, peak + sign * k * period + above)
             if hi <= lo:
                 break
-            near = pulses[lo:hi].copy()
-            for q in others[(others > lo - 3 * _WIDTHS) & (others < hi + 3 * _WIDTHS)]:
-                near[max(0, q - _WIDTHS - _PULSE_JITTER - lo) : max(0, q + _WIDTHS + _PULSE_JITTER + 1 - lo)] = 0.0
+            near = np.where(_away_from(others, lo, hi, _WIDTHS + _PULSE_JITTER, _WIDTHS + _PULSE_JITTER + 1),
+                            pulses[lo:hi], 0.0)
             if near.max() < bar:
                 break
         else:
