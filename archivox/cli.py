@@ -72,6 +72,7 @@ def _run_options(args):
         restore=restore,
         transcribe=transcribe,
         transcribe_enabled=not args.no_transcribe,
+        keep_asr_views=not args.no_asr_views,
         device=args.device,
         max_workers=args.workers,
         retries=args.retries,
@@ -379,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="tiny.en", help="whisper model name (tiny.en, base) or local CTranslate2 folder")
     run.add_argument("--language", help="language of every item (a manifest 'language' column overrides it)")
     run.add_argument("--no-transcribe", action="store_true", help="restore only")
+    run.add_argument("--no-asr-views", action="store_true",
+                     help="do not keep the 16 kHz audio transcription reads (OUT/.archivox-asr-views); "
+                          "without it, a later change to transcription alone restores every item again")
     run.add_argument("--residual", action="store_true", help="also write what the chain removed, as ITEM.residual.flac")
     run.add_argument("--workers", type=int, default=2, help="items processed at once (default 2)")
     run.add_argument("--retries", type=int, default=2, help="retries of a step after a transient error")

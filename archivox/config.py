@@ -82,6 +82,10 @@ class RunOptions:
     retry_delay_s: float = 10.0
     failure_budget: int = 3  # failed attempts on the same file and config before runs stop trying it
     ffmpeg_timeout_s: float = 3600.0
+    # Keep each item's transcription inputs (16 kHz mono FLAC, under
+    # OUT/.archivox-asr-views) so that a change to transcription alone (a new
+    # model, other settings) transcribes again without restoring again.
+    keep_asr_views: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.restore, dict):
@@ -121,5 +125,17 @@ class RunOptions:
         return {"restore": restore, "transcribe": transcribe if self.transcribe_enabled else None}
 
     def config_hash(self) -> str:
-        text = json.dumps(self.output_config(), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return _short_hash(self.output_config())
+
+    def restore_hash(self) -> str:
+        """The part of ``config_hash`` that changes the restored audio.
+
+        An item whose restoration this leaves unchanged can be transcribed
+        again from its kept ASR views, without restoring it again.
+        """
+        return _short_hash(self.output_config()["restore"])
+
+
+def _short_hash(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

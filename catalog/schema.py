@@ -40,6 +40,8 @@ ITEMS = pa.schema(
         ("seconds", pa.float64()),
         ("asr_evidence", pa.string()),  # JSON: every transcription candidate's scores and the choice
         ("model_sha256", pa.string()),  # of the whisper model that made the transcript
+        ("restore_key", pa.string()),  # restoration settings, revision and denoiser: same key, same restored audio
+        ("restored_in_run", pa.string()),  # the run that made the restored audio (an earlier one when only transcription ran)
     ]
 )
 

@@ -155,6 +155,24 @@ class Catalog:
             return table.to_pandas()[columns or schema.names]
         raise RuntimeError(f"the files of {self.dataset_dir(dataset)} kept changing while being read")
 
+    def rows_for(self, dataset: str, *, run_id: str, item_id: str) -> list[dict[str, Any]]:
+        """The rows of one item in one run, read with a filter (a catalog's datasets can be large)."""
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        schema = DATASETS[dataset]
+        for _ in range(5):
+            files = self.files(dataset)
+            if not files:
+                return []
+            try:
+                data = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
+                condition = (pc.field("run_id") == run_id) & (pc.field("item_id") == item_id)
+                return data.to_table(filter=condition).to_pylist()
+            except FileNotFoundError:
+                time.sleep(0.05)
+        raise RuntimeError(f"the files of {self.dataset_dir(dataset)} kept changing while being read")
+
     def item_rows(self) -> pd.DataFrame:
         """Every ``items`` row, newest first."""
         rows = self.read("items")

@@ -62,6 +62,9 @@ def probe_extract_task(item: dict[str, Any], checks: dict[str, Any], options: di
     plan = pipeline.prepare(ManifestItem(**item), options=run_options, **checks)
     if plan.error or plan.skip_reason:
         return {"plan": plan.to_dict(), "extracted": ""}
+    if plan.carried:
+        # Only transcription changed: the earlier restoration stands.
+        return {"plan": plan.to_dict(), "extracted": "", "restored": pipeline.carried_restoration(plan)}
     try:
         extracted = pipeline.extract(plan, run_options)
     except BadInputError as exc:
@@ -76,7 +79,7 @@ def probe_extract_task(item: dict[str, Any], checks: dict[str, Any], options: di
 def restore_task(extracted: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     plan = pipeline.ItemPlan.from_dict(extracted["plan"])
     if not extracted["extracted"]:
-        return {**extracted, "restored": None}
+        return {**extracted, "restored": extracted.get("restored")}
     restored = pipeline.restore(plan, extracted["extracted"], RunOptions.from_dict(options))
     return {**extracted, "restored": restored}
 
@@ -180,6 +183,7 @@ def _run(manifest, root, out, catalog_dir, run_options: RunOptions, force, item_
     config_hash = run_options.config_hash()
     models = pipeline.models_fingerprint(run_options)
     models_key = pipeline.models_key(models)
+    restore_key = pipeline.restore_key(run_options, models)
     previous = pipeline.PreviousRuns.read(catalog)
     options_dict = run_options.to_dict()
     work_root = out_path / pipeline.WORK_FOLDER
@@ -208,6 +212,7 @@ def _run(manifest, root, out, catalog_dir, run_options: RunOptions, force, item_
             config_hash=config_hash,
             models=models_key,
             force=force,
+            restore_key=restore_key,
         )
         futures = [probe_extract.submit(asdict(item), checks, options_dict)]
         if "restore" not in on_gpu:
@@ -234,7 +239,7 @@ def _run(manifest, root, out, catalog_dir, run_options: RunOptions, force, item_
             if future.state.is_completed():
                 plan = future.result()["plan"]
         outcome = done.result() if failure is None else None
-        if outcome is not None and on_gpu and outcome.get("extracted"):
+        if outcome is not None and on_gpu and (outcome.get("extracted") or outcome.get("restored")):
             for_gpu.append((plan, outcome))
             continue
         if outcome is not None:

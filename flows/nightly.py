@@ -56,6 +56,9 @@ def _action(row: dict[str, Any], before: pipeline.PreviousRuns, config_hash: str
         action = "model changed"
     else:
         action = "redone (output missing or forced)"
+    restored_in_run = row.get("restored_in_run")
+    if status == "ok" and isinstance(restored_in_run, str) and restored_in_run not in ("", row["run_id"]):
+        action += "; transcribed again, restoration kept"
     return action if status == "ok" else f"{action}; failed"
 
 

@@ -8,14 +8,16 @@ a process or machine boundary and Prefect never hashes audio.
 Steps for one item::
 
     prepare  -> resolve the path inside the root, SHA-256, probe, decide skip
+                (or, when only transcription changed, carry the restoration over)
     extract  -> decode to 48 kHz float32 WAV in the item's work folder
     restore  -> diagnosis, chain, restored FLAC (+ pre-denoise WAV, residual)
-    transcribe -> faster-whisper over the restored audio, sidecar files
+    transcribe -> faster-whisper over the ASR views (kept as 16 kHz FLAC), sidecar files
     record   -> fixity again, catalog rows, work folder removed
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -39,6 +41,13 @@ from archivox.fsutil import atomic_path, resolve_inside
 from archivox.manifest import ManifestItem
 
 WORK_FOLDER = ".archivox-work"
+# Beside the outputs: the audio transcription reads, so that a run that
+# changes only transcription need not restore again (see ``carried_restoration``).
+ASR_VIEWS_FOLDER = ".archivox-asr-views"
+# The chain's intermediate audio that transcription may read; "restored" is
+# kept anyway, and "original" is never kept (an option that asks for it
+# restores again).
+KEPT_VIEWS = ("pre_denoise", "denoised")
 
 
 @dataclass
@@ -57,11 +66,17 @@ class ItemPlan:
     media: dict[str, Any] = field(default_factory=dict)
     restored_path: str = ""
     sidecar_base: str = ""
+    asr_views_base: str = ""
+    restore_key: str = ""  # see ``restore_key``: what the restored audio depends on
     work_dir: str = ""
     started_at: float = 0.0
     skip_reason: str = ""
     error: str = ""
     error_kind: str = ""
+    # Set when an earlier run's restoration is reused and only transcription
+    # runs: that run's id, the run that restored the audio, its diagnosis
+    # and residual file.
+    carried: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +120,75 @@ def models_key(models: dict[str, dict[str, str]]) -> str:
     return ",".join(f"{k}={v.get('sha256', '')[:16]}" for k, v in sorted(models.items()))
 
 
+def restore_key(options: RunOptions, models: dict[str, dict[str, str]]) -> str:
+    """What the restored audio depends on: the restoration settings and revision, and the denoiser model."""
+    denoiser = models.get("denoiser", {}).get("sha256", "")
+    return f"{options.restore_hash()}-{denoiser[:16]}"
+
+
+def asr_views_base(out: Path, rel_path: str) -> Path:
+    return Path(out) / ASR_VIEWS_FOLDER / rel_path
+
+
+def _views_record(base: Path) -> Path:
+    return base.with_name(base.name + ".views.json")
+
+
+def keep_asr_views(plan: ItemPlan, sources: dict[str, str]) -> dict[str, str]:
+    """Write the item's ASR views as 16 kHz mono FLAC under ``plan.asr_views_base``; returns ``sources`` pointing at them.
+
+    What transcription hears is these files, in the run that restores the
+    item and in any later run that only transcribes it again, so both hear
+    the same audio. The record listing them is written last: a run stopped
+    half-way leaves views that no later run trusts.
+    """
+    from archivox.tasks.transcribe import WHISPER_RATE_HZ, load_audio_16k
+
+    base = Path(plan.asr_views_base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    record_path = _views_record(base)
+    record_path.unlink(missing_ok=True)
+    kept = dict(sources)
+    for name in KEPT_VIEWS:
+        if name in sources:
+            path = base.with_name(f"{base.name}.{name}.flac")
+            # 16 bits: their noise floor, 96 dB under full scale, lies far
+            # under any archive recording's own noise, and each view costs
+            # about a quarter of the restored file rather than half. Views come before EQ and loudness and so sit under
+            # full scale; a rare peak over it is clipped, which recognition
+            # does not notice.
+            write_flac(path, load_audio_16k(Path(sources[name])), WHISPER_RATE_HZ, subtype="PCM_16")
+            kept[name] = str(path)
+    listing = {"sha256": plan.sha256, "restore_key": plan.restore_key,
+               "views": {name: Path(kept[name]).name for name in KEPT_VIEWS if name in kept}}
+    with atomic_path(record_path) as temporary:
+        Path(temporary).write_text(json.dumps(listing))
+    return kept
+
+
+def kept_asr_views(plan: ItemPlan) -> dict[str, str] | None:
+    """The views an earlier run kept for these bytes and this restoration ({name: path}), or None."""
+    base = Path(plan.asr_views_base)
+    try:
+        listing = json.loads(_views_record(base).read_text())
+    except (OSError, ValueError):
+        return None
+    if listing.get("sha256") != plan.sha256 or listing.get("restore_key") != plan.restore_key:
+        return None
+    views = {name: str(base.with_name(file_name)) for name, file_name in listing.get("views", {}).items()}
+    return views if all(Path(p).is_file() for p in views.values()) else None
+
+
+def carried_restoration(plan: ItemPlan) -> dict[str, Any]:
+    """The ``restore`` result of an item whose earlier restoration is reused (``plan.carried``)."""
+    return {
+        "sources": {"restored": plan.restored_path, **plan.carried["views"]},
+        "stages": None,  # copied from the earlier run's catalog rows when recorded
+        "diagnosis": plan.carried["diagnosis"],
+        "residual_path": plan.carried["residual_path"],
+    }
+
+
 def new_plan(item: ManifestItem, *, run_id: str, work_root: Path) -> ItemPlan:
     """The plan of an item before anything is read: what a failure is recorded against."""
     return ItemPlan(
@@ -119,7 +203,8 @@ def new_plan(item: ManifestItem, *, run_id: str, work_root: Path) -> ItemPlan:
     )
 
 
-_PREVIOUS_KEYS = ("run_id", "sha256", "config_hash", "models_key", "restored_path", "error", "error_kind")
+_PREVIOUS_KEYS = ("run_id", "sha256", "config_hash", "models_key", "restored_path", "error", "error_kind",
+                  "restore_key", "restored_in_run", "residual_path", "media", "diagnosis")
 
 
 def previous_summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -143,9 +228,13 @@ def prepare(
     config_hash: str,
     models: str,
     force: bool,
+    restore_key: str = "",
 ) -> ItemPlan:
     """Check the row, hash the original, probe it and decide whether to skip it.
 
+    An item whose bytes and restoration are unchanged, but whose
+    transcription settings or model changed, gets ``plan.carried``: its
+    restored audio and kept ASR views are reused and only transcription runs.
     Never raises for a bad item: the problem is written into the plan's
     ``error`` and the item is recorded as failed. Runs inside the first task
     of each item, so that hashing a large archive is spread over the workers.
@@ -164,6 +253,8 @@ def prepare(
         plan.sha256 = sha256_file(source)
         restored, sidecar_base = output_paths(out, item.path)
         plan.restored_path, plan.sidecar_base = str(restored), str(sidecar_base)
+        plan.asr_views_base = str(asr_views_base(out, item.path))
+        plan.restore_key = restore_key
         if not force and previous is not None:
             same = (
                 previous["sha256"] == plan.sha256
@@ -172,6 +263,8 @@ def prepare(
             )
             if same and Path(previous["restored_path"] or "").is_file():
                 plan.skip_reason = "unchanged since run " + str(previous["run_id"])
+                return plan
+            if _restoration_reusable(plan, previous, options):
                 return plan
         if (
             not force
@@ -193,6 +286,29 @@ def prepare(
     except BadInputError as exc:
         plan.error, plan.error_kind = str(exc), "bad_input"
     return plan
+
+
+def _restoration_reusable(plan: ItemPlan, previous: dict[str, Any], options: RunOptions) -> bool:
+    """Fill ``plan.carried`` when only transcription has to run again; True then."""
+    wanted = options.transcribe.candidates if options.transcribe.asr_input == "auto" else (options.transcribe.asr_input,)
+    if not (options.transcribe_enabled and options.keep_asr_views and plan.restore_key and "original" not in wanted):
+        return False
+    if previous["sha256"] != plan.sha256 or previous["restore_key"] != plan.restore_key:
+        return False
+    if Path(previous["restored_path"]).resolve() != Path(plan.restored_path).resolve() or not Path(plan.restored_path).is_file():
+        return False
+    views = kept_asr_views(plan)
+    if views is None:
+        return False
+    plan.media = json.loads(previous["media"] or "{}")
+    plan.carried = {
+        "run_id": previous["run_id"],
+        "restored_in_run": previous["restored_in_run"] or previous["run_id"],
+        "diagnosis": json.loads(previous["diagnosis"] or "{}"),
+        "residual_path": previous["residual_path"],
+        "views": views,
+    }
+    return True
 
 
 def extract(plan: ItemPlan, options: RunOptions) -> str:
@@ -291,11 +407,11 @@ def write_wav(destination: Path, audio: np.ndarray, rate_hz: int) -> None:
         sf.write(temporary, np.asarray(audio).T, rate_hz, subtype="FLOAT", format="WAV")
 
 
-def write_flac(destination: Path, audio: np.ndarray, rate_hz: int) -> None:
-    """24-bit FLAC for deliverables, written atomically."""
+def write_flac(destination: Path, audio: np.ndarray, rate_hz: int, subtype: str = "PCM_24") -> None:
+    """24-bit FLAC for deliverables (``subtype`` "PCM_16" for work that needs less), written atomically."""
     clipped = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0 - 2.0**-23)
     with atomic_path(Path(destination)) as temporary:
-        sf.write(temporary, clipped.T, rate_hz, subtype="PCM_24", format="FLAC")
+        sf.write(temporary, clipped.T, rate_hz, subtype=subtype, format="FLAC")
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -447,9 +563,17 @@ def stages_from_diagnosis(diagnosis, options: RunOptions) -> tuple[list[str], di
 
 
 def transcribe(plan: ItemPlan, sources: dict[str, str], options: RunOptions) -> str:
-    """Transcribe the restored audio, write sidecars; returns the transcript JSON path."""
+    """Transcribe the restored audio, write sidecars; returns the transcript JSON path.
+
+    With ``options.keep_asr_views`` (and ``plan.restore_key`` to file them
+    under), the views are first kept as 16 kHz FLAC and transcribed from
+    there; an item carried over from an earlier run already points at them.
+    """
     from archivox.tasks.exports import write_sidecars
     from archivox.tasks.transcribe import transcribe_item
+
+    if options.keep_asr_views and plan.restore_key and plan.asr_views_base and not plan.carried:
+        sources = keep_asr_views(plan, sources)
 
     transcribe_options = options.transcribe
     if options.device != "auto" and transcribe_options.device == "auto":
@@ -500,7 +624,12 @@ def record(
 
     children: dict[str, list[dict[str, Any]]] = {}
     transcript = None
-    if status == "ok" and restored:
+    if status == "ok" and restored and plan.carried:
+        # The catalog keeps one set of stage rows per run that lists the item,
+        # so queries over a run's rows see how its audio was made.
+        earlier = catalog.rows_for("stages", run_id=plan.carried["run_id"], item_id=plan.item_id)
+        children["stages"] = [{**r, "run_id": plan.run_id} for r in earlier]
+    elif status == "ok" and restored:
         children["stages"] = [
             {
                 "run_id": plan.run_id,
@@ -545,6 +674,8 @@ def record(
         "asr_candidate": transcript.candidate if transcript else "",
         "asr_evidence": to_json(transcript.evidence) if transcript else "",
         "model_sha256": transcript.model_sha256 if transcript else "",
+        "restore_key": plan.restore_key if status == "ok" else "",
+        "restored_in_run": (plan.carried.get("restored_in_run") or plan.run_id) if status == "ok" else "",
         "metadata": to_json(plan.metadata),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "started_at": _timestamp(plan.started_at) if plan.started_at else finished,

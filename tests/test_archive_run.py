@@ -135,6 +135,48 @@ def test_a_second_run_does_no_work(first_run, demo_archive):
     assert "outside the archive root" in failed["../outside.wav"] and "empty" in failed["broken/empty.wav"], failed
 
 
+def test_a_transcription_change_transcribes_again_and_keeps_the_restoration(first_run, demo_archive):
+    """A new transcription setting must not restore a whole collection again: the kept ASR views are used."""
+    from archivox.flows.archive_run import run_archive
+    from archivox.tasks.transcribe import TranscribeOptions
+
+    out, catalog = first_run["out"], first_run["catalog"]
+    first = catalog.latest_ok().set_index("item_id")
+    restored_before = _fingerprints(out)
+    options = RunOptions(transcribe=TranscribeOptions(choose_by="item"))
+    assert options.restore_hash() == RunOptions().restore_hash() and options.config_hash() != RunOptions().config_hash()
+    summary = run_archive(demo_archive.manifest, demo_archive.root, out, catalog.root, options)
+    assert summary["ok"] == 5 and summary["failed"] == 3, summary
+
+    after = _fingerprints(out)
+    for item_id, row in first.iterrows():
+        restored = str(Path(row["restored_path"]).relative_to(out))
+        assert after[restored] == restored_before[restored], f"{restored} was written again"
+        transcript = str(Path(row["transcript_path"]).relative_to(out))
+        assert after[transcript][1] != restored_before[transcript][1], f"{transcript} was not transcribed again"
+
+    now = catalog.latest_ok().set_index("item_id")
+    stages = catalog.read("stages")
+    for item_id, row in now.iterrows():
+        assert row["run_id"] == summary["run_id"]
+        assert row["restored_in_run"] == first.loc[item_id, "run_id"] and row["restore_key"] == first.loc[item_id, "restore_key"]
+        assert row["diagnosis"] == first.loc[item_id, "diagnosis"] and row["duration_s"] == first.loc[item_id, "duration_s"]
+        mine = stages[(stages["run_id"] == row["run_id"]) & (stages["item_id"] == item_id)]
+        earlier = stages[(stages["run_id"] == first.loc[item_id, "run_id"]) & (stages["item_id"] == item_id)]
+        assert len(mine) == len(earlier) > 0
+        assert list(mine["params"]) == list(earlier["params"])
+        evidence = json.loads(row["asr_evidence"])
+        assert evidence, row["asr_evidence"]
+
+    # A restoration change cannot reuse anything.
+    views = sorted((out / ".archivox-asr-views").rglob("*.flac"))
+    assert views and all(sf.info(str(v)).samplerate == 16_000 for v in views)
+    louder = RunOptions(restore={"params": {"loudness": {"target_lufs": -20.0}}}, transcribe=TranscribeOptions(choose_by="item"))
+    redone = run_archive(demo_archive.manifest, demo_archive.root, out, catalog.root, louder)
+    rows = catalog.latest_ok().set_index("item_id")
+    assert redone["ok"] == 5 and all(rows["restored_in_run"] == redone["run_id"])
+
+
 def test_changed_files_and_config_are_redone_and_cli_reports(prefect_harness, demo_archive, tmp_path, capsys):
     root = tmp_path / "archive"
     shutil.copytree(demo_archive.root, root)

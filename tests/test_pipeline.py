@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import soundfile as sf
 
@@ -113,3 +115,41 @@ def test_restore_hands_transcription_the_denoised_audio_before_loudness(tmp_path
     # The same audio, before loudness raised it by about 17 dB (and its limiter reshaped the peaks).
     assert si_sdr_db(final[:, 0], denoised[:, 0]) > 8.0
     assert rms_db(final[:, 0]) - rms_db(denoised[:, 0]) > 10.0
+
+
+def test_kept_asr_views_are_reused_only_for_the_same_bytes_and_restoration(tmp_path):
+    """Transcription alone runs again only from views that a finished run kept for these bytes and this restoration."""
+    write_wav(tmp_path / "root" / "tape.wav", speech_like(1.0), RATE_HZ)
+    options = RunOptions(restore=RestoreOptions(stages=["dc", "denoise", "loudness"]))
+    first, _ = _plan(tmp_path, options=options, restore_key="k1")
+    restored = pipeline.restore(first, pipeline.extract(first, options), options)
+    kept = pipeline.keep_asr_views(first, restored["sources"])
+    assert set(kept) >= {"pre_denoise", "denoised", "restored"}
+    assert all(sf.info(kept[name]).samplerate == 16_000 for name in ("pre_denoise", "denoised"))
+    row = pipeline.record(first, Catalog(tmp_path / "cat"), config_hash="c1", models="m", restored=restored)
+    previous = pipeline.previous_summary(row)
+
+    def plan_with(**kwargs):
+        return _plan(tmp_path, options=options, previous=previous, **{"config_hash": "c2", "restore_key": "k1", "models": "m", **kwargs})[0]
+
+    carried = plan_with()
+    assert carried.carried["restored_in_run"] == "r1" and set(carried.carried["views"]) == {"pre_denoise", "denoised"}
+    assert carried.media["duration_s"] == pytest.approx(1.0, abs=0.01)
+    assert plan_with(restore_key="k2").carried == {}  # another restoration
+    assert plan_with(config_hash="c1").skip_reason.startswith("unchanged")  # nothing changed at all
+    assert plan_with(force=True).carried == {}
+    original_view = RunOptions(restore=options.restore, transcribe={"asr_input": "original"})
+    assert _plan(tmp_path, options=original_view, previous=previous, config_hash="c2", restore_key="k1")[0].carried == {}
+    # A view lost since, or a listing a run stopped before writing, means restoring again.
+    view = Path(kept["denoised"])
+    audio = view.read_bytes()
+    view.unlink()
+    assert plan_with().carried == {}
+    view.write_bytes(audio)
+    assert plan_with().carried
+    listing = view.with_name("tape.wav.views.json")
+    listing.rename(listing.with_suffix(".aside"))
+    assert plan_with().carried == {}
+    listing.with_suffix(".aside").rename(listing)
+    write_wav(tmp_path / "root" / "tape.wav", speech_like(1.0) * 0.5, RATE_HZ)  # the original changed
+    assert plan_with().carried == {}

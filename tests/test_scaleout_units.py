@@ -53,7 +53,7 @@ def _row(item_id, status, sha="a", config="c1", models="m1", error="", run="r0")
 
 def test_nightly_report_says_why_each_item_was_processed():
     before = PreviousRuns(
-        latest_ok={i: _row(i, "ok") for i in ("same", "changed", "reconfigured", "new-model")},
+        latest_ok={i: _row(i, "ok") for i in ("same", "changed", "reconfigured", "new-model", "new-asr-model")},
         latest_failed={"flaky": _row("flaky", "failed")},
         failures={("flaky", "a", "c1"): 1},
     )
@@ -62,6 +62,7 @@ def test_nightly_report_says_why_each_item_was_processed():
         "changed": _row("changed", "ok", sha="b"),
         "reconfigured": _row("reconfigured", "ok", config="c2"),
         "new-model": _row("new-model", "ok", models="m2"),
+        "new-asr-model": {**_row("new-asr-model", "ok", models="m3", run="r1"), "restored_in_run": "r0"},
         "flaky": _row("flaky", "ok"),
         "same": _row("same", "skipped", error="unchanged since run r0"),
     }
@@ -71,6 +72,7 @@ def test_nightly_report_says_why_each_item_was_processed():
         "changed": "changed (checksum)",
         "reconfigured": "settings or archivox revision changed",
         "new-model": "model changed",
+        "new-asr-model": "model changed; transcribed again, restoration kept",
         "flaky": "retried after failure",
         "same": "unchanged",
     }
