@@ -264,8 +264,6 @@ def prepare(
             if same and Path(previous["restored_path"] or "").is_file():
                 plan.skip_reason = "unchanged since run " + str(previous["run_id"])
                 return plan
-            if _restoration_reusable(plan, previous, options):
-                return plan
         if (
             not force
             and previous_failure is not None
@@ -279,6 +277,8 @@ def prepare(
         failures = failures_by_sha.get(plan.sha256, 0)
         if not force and failures >= options.failure_budget:
             plan.skip_reason = f"failed {failures} times with this file and configuration; use --force to try again"
+            return plan
+        if not force and previous is not None and _restoration_reusable(plan, previous, options):
             return plan
         plan.media = extraction.probe(source).to_dict()
         if plan.media["duration_s"] <= 0.0 and plan.size_bytes < 64:

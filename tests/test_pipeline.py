@@ -138,6 +138,8 @@ def test_kept_asr_views_are_reused_only_for_the_same_bytes_and_restoration(tmp_p
     assert plan_with(restore_key="k2").carried == {}  # another restoration
     assert plan_with(config_hash="c1").skip_reason.startswith("unchanged")  # nothing changed at all
     assert plan_with(force=True).carried == {}
+    spent = plan_with(failures_by_sha={first.sha256: 3})  # transcription kept failing: the budget still holds
+    assert spent.carried == {} and spent.skip_reason.startswith("failed 3 times")
     original_view = RunOptions(restore=options.restore, transcribe={"asr_input": "original"})
     assert _plan(tmp_path, options=original_view, previous=previous, config_hash="c2", restore_key="k1")[0].carried == {}
     # A view lost since, or a listing a run stopped before writing, means restoring again.
