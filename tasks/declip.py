@@ -120,9 +120,69 @@ _TILTS = (-1.0, 0.0, 1.0)
 # 5.03 -> 3.93 dB), as they did at 48 kHz past 45 passes.
 _FULL_BAND_PASS_FACTOR = 2
 
+# Below that rate the three reconstructions are also combined differently, in
+# two steps (tuned on offsets 1 and 3 of the 16-22 kHz files plus the five
+# still under 5 dB; the numbers are in bench/results/source-rate-2026-11-21-
+# vm-session5-declip.md, "Session 6"):
+# - Their excesses over the ceiling are combined as a weighted root mean
+#   square, weighted away from tilt +1. The plain mean left the rebuilt peaks
+#   of bright voices short (0.5-0.8x the true excess on 2414-128291-0002), and
+#   tilt +1 is the one that overshoots the low voice of cmu_arctic_aew_a0003
+#   and loses most on the bright files. Alone: tuning mean 9.28 -> 9.28 dB,
+#   the five files 3.93-4.80 -> 4.58-4.82 dB.
+# - A clipped run on one side is the top of one crest: over a few samples the
+#   speech waveform does not dip and rise again while staying above the
+#   ceiling, but the rebuilt runs often did (a hump in the middle of a glottal
+#   ramp on librispeech_3005-163389-*, rebuilt at 0.78x its true peak). Each
+#   run's excess is raised towards its single-peaked upper envelope (the
+#   lower of its running maxima from either end). Alone: tuning mean 9.28 ->
+#   9.39 dB, 79 -> 80 of 82 at >= 5 dB, 3005-163389-0000 and -0006 4.80 and
+#   4.74 -> 5.35 and 5.71 dB.
+_FULL_BAND_TILT_WEIGHTS = (0.4, 0.5, 0.1)  # for _TILTS in order
+_FULL_BAND_EXCESS_POWER = 2.0
+_DIP_FILL = 0.75  # fraction of the way from the rebuilt excess to its envelope
+
 # Frames are processed this many at a time, which bounds the memory of a long
 # block with clipping throughout (~30 MB per batch at 48 kHz).
 _BATCH_FRAMES = 512
+
+
+def _fill_dips(excess: np.ndarray, at: np.ndarray, is_high: np.ndarray, fraction: float) -> np.ndarray:
+    """Raise each run's excess (k,) towards its single-peaked upper envelope.
+
+    ``at`` (k,) ascending sample indices and ``is_high`` (k,) their side: a
+    run is consecutive samples on one side. The envelope of a run is, at each
+    sample, the lower of the running maxima from the run's start and from its
+    end; it equals the excess where the run has no interior dip, so runs of
+    one or two samples never change. Values only rise, so the result stays
+    beyond the ceiling.
+    """
+    if excess.size == 0:
+        return excess
+    starts = np.ones(excess.size, dtype=bool)
+    starts[1:] = (np.diff(at) != 1) | (is_high[1:] != is_high[:-1])
+    run = np.cumsum(starts) - 1
+    # Running maxima restart at each run by lifting every run above the last.
+    step = float(excess.max()) + 1.0
+    lift = run * step
+    forward = np.maximum.accumulate(excess + lift) - lift
+    back_lift = (run[-1] - run) * step
+    backward = np.maximum.accumulate((excess + back_lift)[::-1])[::-1] - back_lift
+    envelope = np.maximum(np.minimum(forward, backward), excess)
+    return excess + fraction * (envelope - excess)
+
+
+def _combine_full_band(results: np.ndarray, recorded: np.ndarray, is_high: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Clipped samples (k,) from the per-tilt reconstructions (tilts, k) under FULL_BAND_RATE_HZ.
+
+    ``recorded`` (k,): the clipped samples as recorded; ``is_high`` (k,): their side; ``at`` (k,): their indices.
+    """
+    sign = np.where(is_high, 1.0, -1.0)
+    excess = np.maximum(sign * (results - recorded), 0.0)
+    weights = np.asarray(_FULL_BAND_TILT_WEIGHTS)[:, None]
+    p = _FULL_BAND_EXCESS_POWER
+    combined = (weights * excess**p).sum(axis=0) ** (1.0 / p)
+    return recorded + sign * _fill_dips(combined, at, is_high, _DIP_FILL)
 
 
 def declip_channel(
@@ -212,7 +272,10 @@ def declip_channel(
             estimate = np.where(is_high, np.maximum(estimate, level), np.minimum(estimate, level))
             previous = projected
         results.append(previous)
-    out[clipped] = np.mean(results, axis=0)
+    if rate_hz < FULL_BAND_RATE_HZ:
+        out[clipped] = _combine_full_band(np.array(results), y[at], is_high, at)
+    else:
+        out[clipped] = np.mean(results, axis=0)
     return out
 
 
