@@ -316,3 +316,25 @@ def noise_bursts(duration_s: float, per_s: float, amplitude: float, decay_s: flo
         m = min(k.size, n - p)
         out[p:p + m] += amplitude * burst[:m]
     return out.astype(np.float32)[None, :], positions
+
+
+def fricative_onsets(duration_s: float, per_s: float, amplitude: float, noise_db: float = -6.0,
+                     length_s: float = 0.08, band_hz: tuple[float, float] = (2000.0, 8000.0), seed: int = 0,
+                     rate_hz: int = RATE_HZ) -> tuple[np.ndarray, np.ndarray]:
+    """Stop releases into frication as a full-band recording shows them: a one-sample spike of ``amplitude``
+    followed by ``length_s`` of band-passed noise (``band_hz``) whose RMS is ``noise_db`` re ``amplitude``,
+    one in each 1/``per_s`` stretch. Returns (signal (1, n), onset sample indices)."""
+    from scipy import signal as _signal
+
+    r = rng(seed)
+    n = int(round(duration_s * rate_hz))
+    positions = _one_per_stretch(n, int(round(duration_s * per_s)), r)
+    b, a = _signal.butter(4, [band_hz[0] / (rate_hz / 2), band_hz[1] / (rate_hz / 2)], btype="band")
+    k = int(length_s * rate_hz)
+    out = np.zeros(n)
+    for p in positions:
+        m = min(k, n - p)
+        noise = _signal.lfilter(b, a, r.standard_normal(m + 2000))[2000:]  # past the filter's start-up
+        out[p:p + m] += amplitude * 10 ** (noise_db / 20) * noise / noise.std()
+        out[p] += amplitude * r.choice([-1.0, 1.0])
+    return out.astype(np.float32)[None, :], positions

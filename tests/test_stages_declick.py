@@ -7,8 +7,8 @@ import pytest
 
 from archivox.errors import ConfigError
 from archivox.tasks.declick import Declick
-from signals import (RATE_HZ, click_pairs, clicks, event_f1, load_speech, noise_bursts, plosive_onsets, si_sdr_db,
-                     speech_like)
+from signals import (RATE_HZ, click_pairs, clicks, event_f1, fricative_onsets, load_speech, noise_bursts,
+                     plosive_onsets, si_sdr_db, speech_like)
 
 TOLERANCE = RATE_HZ // 1000  # +-1 ms
 
@@ -236,3 +236,55 @@ def test_corpus_16_khz_speech_at_its_own_rate(corpus) -> None:
         assert f1 >= 0.95, (name, f1)
         assert gain_db >= 10.0, (name, gain_db)
     assert false_found <= 3, false_found
+
+
+def _voice_with_fricative_onsets(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Generated speech at 48 kHz with faint stop releases into frication: 30 ms of closure (a -60 dB floor),
+    then a spike 15 dB under the programme's level and 2-8 kHz noise 6 dB under the spike in place of the
+    voice. ((1, n) float64, onset sample indices)"""
+    voice = speech_like(6.0, seed=seed).astype(np.float64)
+    level = float(np.percentile(np.abs(voice), 99))
+    onsets, positions = fricative_onsets(6.0, 2, level * 10 ** (-15 / 20), noise_db=-6.0, seed=seed)
+    gate = np.ones(voice.shape[1])
+    for p in positions:
+        gate[p - int(0.03 * RATE_HZ) : p + int(0.1 * RATE_HZ)] = 0.0
+    floor = 1e-3 * level * np.random.default_rng(seed).standard_normal(voice.shape)
+    return voice * gate + onsets + floor, positions
+
+
+def test_faint_fricative_onsets_at_48_khz_are_not_clicks() -> None:
+    # A source recorded at full band: the release spike of a faint stop into
+    # frication stands out of the prediction error like a click. Session-5
+    # code took 30 of these 36 onsets for clicks; now 7. (Clicks planted in
+    # the same signals: F1 0.80-0.85 then, 0.90-0.97 now.)
+    stage = Declick()
+    taken = 0
+    for seed in (1, 2, 3):
+        clean, onsets = _voice_with_fricative_onsets(seed)
+        starts = np.array([start for start, _ in stage.find(clean[0], RATE_HZ)[0]])
+        taken += sum(bool(starts.size and np.abs(starts - p).min() <= TOLERANCE) for p in onsets)
+    assert taken <= 12, taken
+
+
+@pytest.mark.corpus
+def test_corpus_speech_recorded_at_48_khz_releases_and_onsets(corpus) -> None:
+    # Two clean files recorded at 48 kHz (VCTK p234) with 5 detections in
+    # session 5: 2 stop releases and 2 fricative onsets, and a mouth click
+    # before the speaker starts (a real impulse). Now 1, the mouth click.
+    # Clicks planted there are still found and refilled.
+    names = ["vctk_p234_003.wav", "vctk_p234_005.wav"]
+    stage = Declick()
+    false_found = 0
+    for i, name in enumerate(names):
+        clean = load_speech(corpus / "speech_clean" / name).astype(np.float64)
+        false_found += len(stage.find(clean[0], RATE_HZ)[0])
+        planted, positions = clicks(clean.shape[1] / RATE_HZ, 5, amplitude=0.5 * float(np.abs(clean).max()),
+                                    seed=60 + i)
+        noisy = clean + planted
+        found = stage.detect(noisy, RATE_HZ)
+        regions, _ = found["_found"][0]
+        f1, _, _ = event_f1(np.array([start for start, _ in regions]), positions, TOLERANCE)
+        gain_db = si_sdr_db(stage.repair(noisy, RATE_HZ, found).audio, clean) - si_sdr_db(noisy, clean)
+        assert f1 >= 0.95, (name, f1)
+        assert gain_db >= 10.0, (name, gain_db)
+    assert false_found <= 2, false_found
