@@ -120,16 +120,21 @@ _TILTS = (-1.0, 0.0, 1.0)
 # 5.03 -> 3.93 dB), as they did at 48 kHz past 45 passes.
 _FULL_BAND_PASS_FACTOR = 2
 
-# Below that rate the three reconstructions are also combined differently, in
-# two steps (tuned on offsets 1 and 3 of the 16-22 kHz files plus the five
-# still under 5 dB; the numbers are in bench/results/source-rate-2026-11-21-
-# vm-session5-declip.md, "Session 6"):
-# - Their excesses over the ceiling are combined as a weighted root mean
-#   square, weighted away from tilt +1. The plain mean left the rebuilt peaks
-#   of bright voices short (0.5-0.8x the true excess on 2414-128291-0002), and
-#   tilt +1 is the one that overshoots the low voice of cmu_arctic_aew_a0003
-#   and loses most on the bright files. Alone: tuning mean 9.28 -> 9.28 dB,
-#   the five files 3.93-4.80 -> 4.58-4.82 dB.
+# Below that rate the reconstructions are also combined differently, in three
+# steps (tuned on offsets 1 and 3 of the 16-22 kHz files plus the five still
+# under 5 dB; numbers and what else was tried in bench/results/source-rate-
+# 2026-11-21-vm-session5-declip.md, "Session 6"):
+# - A fourth reconstruction (tilt 0) on frames of half the length joins the
+#   three. The bright LibriVox readers' clipped peaks sit in sibilants, whose
+#   spectra change faster than 64 ms frames follow: with it, 2414-128291-0002
+#   and -0004 went from 4.77 and 4.65 to 5.04 and 5.02 dB. It costs 1.1-1.2x
+#   the time of three.
+# - Their excesses over the recorded samples are combined as a weighted root
+#   mean square (weights in _FULL_BAND_TILT_WEIGHTS, in the order of the
+#   members). The plain mean left the rebuilt peaks of bright voices short
+#   (0.5-0.8x the true excess on 2414-128291-0002). Tilt +1 overshoots the low
+#   voice of cmu_arctic_aew_a0003 most and loses most on the bright files, so
+#   it gets the least weight.
 # - A clipped run on one side is the top of one crest: over a few samples the
 #   speech waveform does not dip and rise again while staying above the
 #   ceiling, but the rebuilt runs often did (a hump in the middle of a glottal
@@ -138,7 +143,11 @@ _FULL_BAND_PASS_FACTOR = 2
 #   lower of its running maxima from either end). Alone: tuning mean 9.28 ->
 #   9.39 dB, 79 -> 80 of 82 at >= 5 dB, 3005-163389-0000 and -0006 4.80 and
 #   4.74 -> 5.35 and 5.71 dB.
-_FULL_BAND_TILT_WEIGHTS = (0.4, 0.5, 0.1)  # for _TILTS in order
+# All three: tuning files 9.28 -> 9.55 dB mean, 79 -> 81 of 82 at >= 5 dB;
+# held-out offsets 0 and 2: 9.06 -> 9.39 dB, 81 -> 83 of 83.
+# Reconstructions under FULL_BAND_RATE_HZ: (frame divisor, tilts), and the weight of each.
+_FULL_BAND_MEMBERS = ((1, _TILTS), (2, (0.0,)))
+_FULL_BAND_TILT_WEIGHTS = (0.25, 0.35, 0.1, 0.3)
 _FULL_BAND_EXCESS_POWER = 2.0
 _DIP_FILL = 0.75  # fraction of the way from the rebuilt excess to its envelope
 
@@ -173,7 +182,7 @@ def _fill_dips(excess: np.ndarray, at: np.ndarray, is_high: np.ndarray, fraction
 
 
 def _combine_full_band(results: np.ndarray, recorded: np.ndarray, is_high: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """Clipped samples (k,) from the per-tilt reconstructions (tilts, k) under FULL_BAND_RATE_HZ.
+    """Clipped samples (k,) from the reconstructions (members, k) under FULL_BAND_RATE_HZ.
 
     ``recorded`` (k,): the clipped samples as recorded; ``is_high`` (k,): their side; ``at`` (k,): their indices.
     """
@@ -198,7 +207,9 @@ def declip_channel(
     unclipped samples exactly; the clipped ones beyond the ceiling). After
     Kitic, Jacques, Madhu, Hopwood and Gribonval, "Consistent iterative hard
     thresholding for signal declipping" (ICASSP 2013). ``iterations`` passes
-    are run for each spectral tilt in ``_TILTS`` and the results averaged:
+    are run for each spectral tilt in ``_TILTS`` and the results averaged
+    (under FULL_BAND_RATE_HZ: twice the passes, a fourth reconstruction on
+    shorter frames, and the combination of ``_combine_full_band``):
     45 passes each, not 60 as with one tilt, because the extra passes push
     the peaks of some voices too high (cmu_arctic_aew_a0003: 5.45 dB at 45,
     4.85 at 60 with two tilts).
@@ -211,12 +222,33 @@ def declip_channel(
     # at the same mean gain and speed; a long frame resolves the harmonics
     # of low voices, whose long clipped runs make most of the error.
     frame = 1 << int(round(np.log2(0.085 * rate_hz)))
-    hop = frame // 4
-    window = np.hanning(frame + 1)[:-1]
     out = np.array(x, dtype=np.float64)
     clipped = np.flatnonzero(mask)
     if clipped.size == 0:
         return out
+    if rate_hz < FULL_BAND_RATE_HZ:
+        iterations *= _FULL_BAND_PASS_FACTOR
+    ratios = np.logspace(np.log10(0.5), floor_db / 20, iterations)
+    if rate_hz >= FULL_BAND_RATE_HZ:
+        out[clipped] = np.mean(_rebuild(x, clipped, high, low, rate_hz, frame, _TILTS, ratios), axis=0)
+        return out
+    results = []
+    for divisor, tilts in _FULL_BAND_MEMBERS:
+        results += _rebuild(x, clipped, high, low, rate_hz, frame // divisor, tilts, ratios)
+    out[clipped] = _combine_full_band(np.array(results), out[clipped], out[clipped] >= high, clipped)
+    return out
+
+
+def _rebuild(
+    x: np.ndarray, clipped: np.ndarray, high: float, low: float, rate_hz: int, frame: int,
+    tilts: tuple[float, ...], ratios: np.ndarray,
+) -> list[np.ndarray]:
+    """One reconstruction (len(clipped),) of the clipped samples of x (n,) per tilt, on frames of ``frame`` samples.
+
+    ``ratios`` (passes,): the threshold of each pass, re each frame's strongest coefficient.
+    """
+    hop = frame // 4
+    window = np.hanning(frame + 1)[:-1]
     # Pad so that every sample lies under frame // hop frames.
     pad = frame
     total = -(-(x.size + 2 * pad) // hop) * hop + frame
@@ -243,11 +275,8 @@ def declip_channel(
         for b, e in batches
     ]
     tilt_axis = sp_fft.rfftfreq(frame, 1 / rate_hz) / 1000.0
-    if rate_hz < FULL_BAND_RATE_HZ:
-        iterations *= _FULL_BAND_PASS_FACTOR
-    ratios = np.logspace(np.log10(0.5), floor_db / 20, iterations)
     results = []
-    for tilt in _TILTS:
+    for tilt in tilts:
         emphasis = ((1 + tilt_axis) ** -tilt).astype(np.float32)
         estimate = y[at].copy()
         previous = estimate.copy()
@@ -272,11 +301,7 @@ def declip_channel(
             estimate = np.where(is_high, np.maximum(estimate, level), np.minimum(estimate, level))
             previous = projected
         results.append(previous)
-    if rate_hz < FULL_BAND_RATE_HZ:
-        out[clipped] = _combine_full_band(np.array(results), y[at], is_high, at)
-    else:
-        out[clipped] = np.mean(results, axis=0)
-    return out
+    return results
 
 
 @dataclass
