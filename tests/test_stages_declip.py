@@ -118,8 +118,24 @@ def test_glottal_ramps_at_16_khz_are_rebuilt_single_peaked(corpus, name: str) ->
     # A medium-low voice whose clipped runs are the tops of glottal ramps,
     # 5-13 samples at 16 kHz. Rebuilt with a dip in the middle of the ramp
     # (peaks ~0.8x the truth), they gained 4.79 and 4.73 dB in the session-5
-    # bench; raised towards a single peak, 5.36 and 5.74 dB in the tuning harness.
+    # bench; raised towards a single peak, 5.36 and 5.74 dB (5.43 and 5.78 with
+    # the fourth reconstruction).
     clean = load_speech(corpus / "speech_clean" / name, rate_hz=16_000)
     clipped = clip_to_fraction(clean, 0.02)
     out = Declip()(clipped, 16_000)
     assert si_sdr_db(out.audio, clean) - si_sdr_db(clipped, clean) >= 5.0
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", ["librispeech_2414-128291-0002.flac", "librispeech_2414-128291-0004.flac"])
+def test_sibilant_peaks_at_16_khz_gain_about_5_db(corpus, name: str) -> None:
+    # A bright reader whose clipped peaks sit in sibilants, 2-7x the ceiling,
+    # changing sign from sample to sample. 4.26 and 4.39 dB in the session-5
+    # bench; 4.77 and 4.65 here with three reconstructions on 64 ms frames;
+    # 5.04 and 5.02 with the fourth on 32 ms frames (5.09 and 5.05 in the
+    # bench). The bound leaves room for rounding in other FFT builds: hard
+    # thresholding can flip a coefficient on a last-bit difference.
+    clean = load_speech(corpus / "speech_clean" / name, rate_hz=16_000)
+    clipped = clip_to_fraction(clean, 0.02)
+    out = Declip()(clipped, 16_000)
+    assert si_sdr_db(out.audio, clean) - si_sdr_db(clipped, clean) >= 4.9
