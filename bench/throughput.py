@@ -205,8 +205,8 @@ def _retranscription(work: Path, manifest: Path, options) -> list[str]:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
-        f"Kept ASR views on disk: {views_bytes / 1e6:.1f} MB, against {restored_bytes / 1e6:.1f} MB of restored FLAC "
-        f"({100 * views_bytes / max(restored_bytes, 1):.0f} %).",
+        (f"Kept ASR views on disk: {views_bytes / 1e6:.1f} MB, against {restored_bytes / 1e6:.1f} MB of restored FLAC "
+         f"({100 * views_bytes / max(restored_bytes, 1):.0f} %)."),
     ]
 
 
