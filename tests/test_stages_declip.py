@@ -139,3 +139,15 @@ def test_sibilant_peaks_at_16_khz_gain_about_5_db(corpus, name: str) -> None:
     clipped = clip_to_fraction(clean, 0.02)
     out = Declip()(clipped, 16_000)
     assert si_sdr_db(out.audio, clean) - si_sdr_db(clipped, clean) >= 4.9
+
+
+@pytest.mark.corpus
+def test_long_flat_tops_of_a_low_voice_at_16_khz_gain_5_db(corpus) -> None:
+    # The low voice whose long clipped runs (10-14 samples at 16 kHz) every
+    # reconstruction overshoots: 3.92 dB in the session-5 bench. Its long
+    # runs take the two long-frame tilts only; with the short frames and
+    # tilt +1 in the mix too it gained 4.38 dB.
+    clean = load_speech(corpus / "speech_clean" / "cmu_arctic_aew_a0003.wav", rate_hz=16_000)
+    clipped = clip_to_fraction(clean, 0.02)
+    out = Declip()(clipped, 16_000)
+    assert si_sdr_db(out.audio, clean) - si_sdr_db(clipped, clean) >= 5.0
