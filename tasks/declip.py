@@ -127,8 +127,8 @@ _FULL_BAND_PASS_FACTOR = 2
 # - A fourth reconstruction (tilt 0) on frames of half the length joins the
 #   three. The bright LibriVox readers' clipped peaks sit in sibilants, whose
 #   spectra change faster than 64 ms frames follow: with it, 2414-128291-0002
-#   and -0004 went from 4.77 and 4.65 to 5.04 and 5.02 dB. It costs 1.1-1.2x
-#   the time of three.
+#   and -0004 went from 4.77 and 4.65 to 5.04 and 5.02 dB. It costs about
+#   1.2-1.3x the time of three (its frames are half as long, twice as many).
 # - Their excesses over the recorded samples are combined as a weighted root
 #   mean square (weights in _FULL_BAND_TILT_WEIGHTS, in the order of the
 #   members). The plain mean left the rebuilt peaks of bright voices short
@@ -143,8 +143,9 @@ _FULL_BAND_PASS_FACTOR = 2
 #   lower of its running maxima from either end). Alone: tuning mean 9.28 ->
 #   9.39 dB, 79 -> 80 of 82 at >= 5 dB, 3005-163389-0000 and -0006 4.80 and
 #   4.74 -> 5.35 and 5.71 dB.
-# All three: tuning files 9.28 -> 9.55 dB mean, 79 -> 81 of 82 at >= 5 dB;
-# held-out offsets 0 and 2: 9.06 -> 9.39 dB, 81 -> 83 of 83.
+# All three, with the long-run weights below: tuning files 9.28 -> 9.53 dB
+# mean, 79 -> 82 of 82 at >= 5 dB; held-out offsets 0 and 2: 9.06 -> 9.35 dB,
+# 81 -> 83 of 83.
 # Reconstructions under FULL_BAND_RATE_HZ: (frame divisor, tilts), and the weight of each.
 _FULL_BAND_MEMBERS = ((1, _TILTS), (2, (0.0,)))
 _FULL_BAND_TILT_WEIGHTS = (0.25, 0.35, 0.1, 0.3)
