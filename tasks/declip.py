@@ -152,8 +152,8 @@ _FULL_BAND_TILT_WEIGHTS = (0.25, 0.35, 0.1, 0.3)
 # Runs of this many samples or more (0.6 ms at 16 kHz) are the tops of low
 # voices' crests, not sibilants: the short frames and tilt +1 overshoot them
 # (cmu_arctic_aew_a0003: 4.38 dB with the weights above, 5.52 with these),
-# and they get the two long-frame tilts -1 and 0 only. Tuning files 9.55 ->
-# 9.51 dB mean, 81 -> 82 of 82 at >= 5 dB; held out 9.39 -> 9.36, 83 of 83.
+# and they get the two long-frame tilts -1 and 0 only. Tuning files 9.56 ->
+# 9.53 dB mean, 81 -> 82 of 82 at >= 5 dB; held out 9.39 -> 9.35, 83 of 83.
 _LONG_RUN_SAMPLES = 10
 _LONG_RUN_WEIGHTS = (0.45, 0.55, 0.0, 0.0)
 _FULL_BAND_EXCESS_POWER = 2.0
