@@ -36,7 +36,9 @@ FULL_BAND_RATE_HZ = 32_000
 # restored instead of keeping them as "unchanged" for ever.
 # 2: declip and declick at the source's own sample rate (session 4).
 # 3: a rate-aware click detector and declip under 32 kHz.
-RESTORATION_REVISION = 3
+# 4: declip under 32 kHz rebuilds runs from four weighted reconstructions;
+#    declick at 32 kHz and above spares faint stop releases and onsets.
+RESTORATION_REVISION = 4
 
 # The stage names are a public contract: users pass them to
 # ``archivox restore --stages`` and scripts read them back from ``stages/``.
