@@ -139,7 +139,7 @@ def main() -> int:
         f"{'off' if args.no_transcribe else options.transcribe.model}; device: {args.device}; task threads: {args.workers}",
         f"- items: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped",
         f"- command: `python bench/throughput.py --n {args.n} --repeats {args.repeats} --workers {args.workers}"
-        + (f" --stages {args.stages}" if args.stages else "") + (" --no-transcribe" if args.no_transcribe else "") + "`",
+        + (f" --stages {args.stages}" if args.stages else "") + (" --no-transcribe" if args.no_transcribe else "") + (" --retranscribe" if args.retranscribe else "") + "`",
         "",
         "| measure | value |",
         "| --- | ---: |",
