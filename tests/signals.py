@@ -338,3 +338,14 @@ def fricative_onsets(duration_s: float, per_s: float, amplitude: float, noise_db
         out[p:p + m] += amplitude * 10 ** (noise_db / 20) * noise / noise.std()
         out[p] += amplitude * r.choice([-1.0, 1.0])
     return out.astype(np.float32)[None, :], positions
+
+
+def after_closures(voice: np.ndarray, events: np.ndarray, positions: np.ndarray, level: float, seed: int = 0,
+                   rate_hz: int = RATE_HZ) -> np.ndarray:
+    """``voice`` (1, n) silenced from 30 ms before to 100 ms after each of ``positions`` (a stop's closure, then
+    the release in place of the voice), plus ``events`` (1, n) and a floor 60 dB under ``level``. (1, n) float64."""
+    gate = np.ones(voice.shape[1])
+    for p in positions:
+        gate[max(0, p - int(0.03 * rate_hz)) : p + int(0.1 * rate_hz)] = 0.0
+    floor = 1e-3 * level * np.random.default_rng(seed).standard_normal(voice.shape)
+    return voice * gate + events + floor

@@ -7,8 +7,8 @@ import pytest
 
 from archivox.errors import ConfigError
 from archivox.tasks.declick import Declick
-from signals import (RATE_HZ, click_pairs, clicks, event_f1, fricative_onsets, load_speech, noise_bursts,
-                     plosive_onsets, si_sdr_db, speech_like)
+from signals import (RATE_HZ, after_closures, click_pairs, clicks, event_f1, fricative_onsets, load_speech,
+                     noise_bursts, plosive_onsets, si_sdr_db, speech_like)
 
 TOLERANCE = RATE_HZ // 1000  # +-1 ms
 
@@ -188,11 +188,7 @@ def _voice_with_releases(seed: int) -> tuple[np.ndarray, np.ndarray]:
     voice = speech_like(6.0, seed=seed, rate_hz=SOURCE_RATE_HZ).astype(np.float64)
     level = float(np.percentile(np.abs(voice), 99))
     bursts, positions = noise_bursts(6.0, 2, 0.7 * level, seed=seed, rate_hz=SOURCE_RATE_HZ)
-    gate = np.ones(voice.shape[1])
-    for p in positions:
-        gate[p - int(0.03 * SOURCE_RATE_HZ) : p + int(0.1 * SOURCE_RATE_HZ)] = 0.0
-    floor = 1e-3 * level * np.random.default_rng(seed).standard_normal(voice.shape)
-    return voice * gate + bursts + floor, positions
+    return after_closures(voice, bursts, positions, level, seed=seed, rate_hz=SOURCE_RATE_HZ), positions
 
 
 def test_plosive_releases_at_16_khz_are_not_clicks_but_clicks_there_are() -> None:
@@ -245,11 +241,7 @@ def _voice_with_fricative_onsets(seed: int) -> tuple[np.ndarray, np.ndarray]:
     voice = speech_like(6.0, seed=seed).astype(np.float64)
     level = float(np.percentile(np.abs(voice), 99))
     onsets, positions = fricative_onsets(6.0, 2, level * 10 ** (-15 / 20), noise_db=-6.0, seed=seed)
-    gate = np.ones(voice.shape[1])
-    for p in positions:
-        gate[p - int(0.03 * RATE_HZ) : p + int(0.1 * RATE_HZ)] = 0.0
-    floor = 1e-3 * level * np.random.default_rng(seed).standard_normal(voice.shape)
-    return voice * gate + onsets + floor, positions
+    return after_closures(voice, onsets, positions, level, seed=seed), positions
 
 
 def test_faint_fricative_onsets_at_48_khz_are_not_clicks() -> None:
