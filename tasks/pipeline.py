@@ -74,8 +74,8 @@ class ItemPlan:
     error: str = ""
     error_kind: str = ""
     # Set when an earlier run's restoration is reused and only transcription
-    # runs: that run's id, the run that restored the audio, its diagnosis
-    # and residual file.
+    # runs: that run's id, the run that restored the audio, its diagnosis,
+    # residual file and kept ASR views.
     carried: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,9 +154,9 @@ def keep_asr_views(plan: ItemPlan, sources: dict[str, str]) -> dict[str, str]:
             path = base.with_name(f"{base.name}.{name}.flac")
             # 16 bits: their noise floor, 96 dB under full scale, lies far
             # under any archive recording's own noise, and each view costs
-            # about a quarter of the restored file rather than half. Views come before EQ and loudness and so sit under
-            # full scale; a rare peak over it is clipped, which recognition
-            # does not notice.
+            # about a quarter of the restored file rather than half. Views
+            # come before EQ and loudness and so sit under full scale; a rare
+            # peak over it is clipped, which recognition does not notice.
             write_flac(path, load_audio_16k(Path(sources[name])), WHISPER_RATE_HZ, subtype="PCM_16")
             kept[name] = str(path)
     listing = {"sha256": plan.sha256, "restore_key": plan.restore_key,
