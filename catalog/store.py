@@ -143,32 +143,29 @@ class Catalog:
     def read(self, dataset: str, columns: list[str] | None = None) -> pd.DataFrame:
         """The whole dataset as a DataFrame (empty, with the schema's columns, when there is nothing yet)."""
         schema = DATASETS[dataset]
-        for _ in range(5):
-            files = self.files(dataset)
-            if not files:
-                return schema.empty_table().to_pandas()[columns or schema.names]
-            try:
-                table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
-            except FileNotFoundError:
-                time.sleep(0.05)
-                continue
-            return table.to_pandas()[columns or schema.names]
-        raise RuntimeError(f"the files of {self.dataset_dir(dataset)} kept changing while being read")
+        return self._table(dataset).to_pandas()[columns or schema.names]
 
     def rows_for(self, dataset: str, *, run_id: str, item_id: str) -> list[dict[str, Any]]:
         """The rows of one item in one run, read with a filter (a catalog's datasets can be large)."""
         import pyarrow.compute as pc
+
+        return self._table(dataset, (pc.field("run_id") == run_id) & (pc.field("item_id") == item_id)).to_pylist()
+
+    def _table(self, dataset: str, condition=None) -> pa.Table:
+        """The live files of ``dataset`` as one table with its schema, rows filtered by ``condition``.
+
+        Compaction may replace files between listing and reading them; the
+        listing is then taken again.
+        """
         import pyarrow.dataset as ds
 
         schema = DATASETS[dataset]
         for _ in range(5):
             files = self.files(dataset)
             if not files:
-                return []
+                return schema.empty_table()
             try:
-                data = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
-                condition = (pc.field("run_id") == run_id) & (pc.field("item_id") == item_id)
-                return data.to_table(filter=condition).to_pylist()
+                return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table(filter=condition)
             except FileNotFoundError:
                 time.sleep(0.05)
         raise RuntimeError(f"the files of {self.dataset_dir(dataset)} kept changing while being read")
