@@ -290,7 +290,9 @@ def cmd_status(args) -> int:
     counts = latest["status"].value_counts().to_dict()
     console.print(
         f"{len(latest)} items: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
-        f"{counts.get('skipped', 0)} skipped in their latest run; {len(runs)} runs recorded"
+        f"{counts.get('skipped', 0)} skipped in their latest run"
+        + (f", {counts['withdrawn']} withdrawn (left the archive)" if counts.get("withdrawn") else "")
+        + f"; {len(runs)} runs recorded"
     )
     failed = latest[latest["status"] == "failed"]
     if len(failed):
@@ -301,6 +303,32 @@ def cmd_status(args) -> int:
             table.add_row(row.item_id, row.path, row.error)
         console.print(table)
     return 1 if len(failed) else 0
+
+
+def cmd_prune(args) -> int:
+    from archivox.catalog.store import Catalog
+    from archivox.prune import find_prunable, guard_majority, prune
+
+    out = Path(args.out)
+    catalog = Catalog(Path(args.catalog) if args.catalog else out / "catalog")
+    if not catalog.files("items"):
+        raise ArchivoxError(f"no catalog at {catalog.root}; give --catalog if it is not OUT/catalog")
+    plan = find_prunable(Path(args.manifest), out, catalog, stale_work_h=args.stale_work_hours)
+    guard_majority(plan, args.allow_majority)
+    for rel_path, files in sorted(plan.paths.items()):
+        console.print(f"{rel_path}: {len(files)} output files")
+    for folder in plan.stale_work:
+        console.print(f"stale work folder {folder}")
+    megabytes = plan.size_bytes() / 1e6
+    summary = (f"{len(plan.paths)} item paths no longer in the manifest ({len(plan.files)} files), "
+               f"{len(plan.withdrawn)} items to withdraw from search, {len(plan.stale_work)} stale work folders: "
+               f"{megabytes:.1f} MB")
+    if not args.delete:
+        console.print(f"{summary}; nothing removed (add --delete to remove them)")
+        return 0
+    removed = prune(plan, out, catalog)
+    console.print(f"{summary}; removed {removed} files")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -431,6 +459,22 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="what a catalog holds: items by status, failures, runs")
     status.add_argument("--catalog", required=True)
     status.set_defaults(handler=cmd_status)
+
+    prune_cmd = sub.add_parser(
+        "prune", help="list (or, with --delete, remove) the outputs of items that have left the manifest",
+        description="Outputs are found from the catalog's records; originals are never touched. Withdrawn items "
+                    "leave search but keep their catalog history. Run it when no run is writing to OUT.",
+    )
+    prune_cmd.add_argument("manifest", help="the manifest of the whole archive as it is now")
+    prune_cmd.add_argument("--out", required=True, help="the output folder of the runs")
+    prune_cmd.add_argument("--catalog", help="catalog folder (default: OUT/catalog)")
+    prune_cmd.add_argument("--delete", action="store_true", help="remove them (default: only list them)")
+    prune_cmd.add_argument("--allow-majority", action="store_true",
+                           help="allow removing the outputs of most recorded items (refused by default: "
+                                "usually a partial manifest given by mistake)")
+    prune_cmd.add_argument("--stale-work-hours", type=float, default=24.0,
+                           help="work folders of runs that have written nothing for this long are removed too (default 24)")
+    prune_cmd.set_defaults(handler=cmd_prune)
 
     demo = sub.add_parser("demo", help="build a small example archive (synthesized speech, planted defects, broken files)")
     demo.add_argument("destination", help="an empty or new folder; one file is also written beside it")

@@ -20,7 +20,7 @@ ITEMS = pa.schema(
         ("sha256", pa.string()),
         ("size_bytes", pa.int64()),
         ("duration_s", pa.float64()),
-        ("status", pa.string()),  # ok | failed | skipped
+        ("status", pa.string()),  # ok | failed | skipped | withdrawn (left the archive; archivox prune)
         ("error", pa.string()),
         ("error_kind", pa.string()),  # bad_input | fixity | transient | ""
         ("restored_path", pa.string()),

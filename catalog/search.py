@@ -61,16 +61,18 @@ class SearchHit:
     language: str = ""
 
 
-# Items' newest ok run, optionally narrowed by collection and language.
+# Items' newest ok run, optionally narrowed by collection and language. A
+# failed rerun leaves the earlier transcript searchable; a withdrawal (the
+# file left the archive, see archivox.prune) does not.
 _LATEST = """
 latest AS (
-    SELECT item_id, run_id, path, collection
-    FROM items WHERE status = 'ok'
+    SELECT item_id, run_id, path, collection, status
+    FROM items WHERE status IN ('ok', 'withdrawn')
     QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY finished_at DESC) = 1
 ),
 scope AS (
-    SELECT * FROM latest
-    WHERE ($collection IS NULL OR collection = $collection)
+    SELECT item_id, run_id, path, collection FROM latest
+    WHERE status = 'ok' AND ($collection IS NULL OR collection = $collection)
 )
 """
 

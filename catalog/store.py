@@ -180,9 +180,13 @@ class Catalog:
         return self.item_rows().drop_duplicates("item_id", keep="first").reset_index(drop=True)
 
     def latest_ok(self) -> pd.DataFrame:
-        """For each item, its newest row with status ``ok`` (the one that search and reruns trust)."""
+        """For each item, its newest row with status ``ok`` (the one that search and reruns trust).
+
+        An item withdrawn since (``archivox prune``) has none.
+        """
         rows = self.item_rows()
-        return rows[rows["status"] == "ok"].drop_duplicates("item_id", keep="first").reset_index(drop=True)
+        rows = rows[rows["status"].isin(["ok", "withdrawn"])].drop_duplicates("item_id", keep="first")
+        return rows[rows["status"] == "ok"].reset_index(drop=True)
 
     def duckdb(self):
         """A DuckDB connection with one view per dataset over its live files."""

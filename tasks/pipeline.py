@@ -261,7 +261,9 @@ def prepare(
                 and previous["config_hash"] == config_hash
                 and previous["models_key"] == models
             )
-            if same and Path(previous["restored_path"] or "").is_file():
+            # This run's output path, not the one recorded: a catalog may serve
+            # a moved output folder, or another one where nothing exists yet.
+            if same and restored.is_file():
                 plan.skip_reason = "unchanged since run " + str(previous["run_id"])
                 return plan
         if (

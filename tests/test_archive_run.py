@@ -203,3 +203,62 @@ def test_the_archive_root_is_refused_as_output(prefect_harness, demo_archive, ca
     args = ["run", str(demo_archive.manifest), "--root", str(demo_archive.root), "--out", str(demo_archive.root)]
     assert main(args) == 2
     assert "is the archive root" in capsys.readouterr().err
+
+
+def test_prune_removes_only_the_outputs_of_items_that_left_the_archive(first_run, demo_archive, tmp_path, capsys):
+    """A file leaves the manifest: `archivox prune` lists, then removes, its outputs and takes it out of search."""
+    import os
+    import time
+
+    import pandas as pd
+    from archivox.flows.archive_run import run_archive
+
+    out = tmp_path / "out"
+    shutil.copytree(first_run["out"], out)
+    catalog = Catalog(out / "catalog")
+    gone = "interviews/smith_1962.wav"
+    rows = pd.read_csv(demo_archive.manifest, dtype=str, keep_default_na=False)
+    smaller = tmp_path / "manifest.csv"
+    rows[rows["path"] != gone].to_csv(smaller, index=False)
+    stale = out / ".archivox-work" / "killed-run" / "item"
+    fresh = out / ".archivox-work" / "running-run" / "item"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "original.wav").write_bytes(b"\0" * 100)
+    two_days_ago = time.time() - 48 * 3600
+    for path in (stale / "original.wav", stale, stale.parent):
+        os.utime(path, (two_days_ago, two_days_ago))
+    outputs = [out / f"{gone}{s}" for s in (".flac", ".srt", ".vtt", ".txt", ".json", ".qda.txt")]
+    views = sorted((out / ".archivox-asr-views" / "interviews").glob("smith_1962.wav.*"))
+    assert all(p.is_file() for p in outputs) and len(views) == 3, views
+    kept_before = {k: v for k, v in _fingerprints(out).items() if "smith_1962" not in k and not k.startswith(("catalog", ".archivox-work"))}
+    assert search(catalog, "shining over the old")
+
+    capsys.readouterr()
+    assert main(["prune", str(smaller), "--out", str(out)]) == 0
+    listing = capsys.readouterr().out
+    assert f"{gone}: 9 output files" in listing and "killed-run" in listing and "running-run" not in listing
+    assert "nothing removed" in listing and all(p.is_file() for p in outputs + views)
+
+    only_one = tmp_path / "one.csv"
+    rows[rows["path"] == gone].to_csv(only_one, index=False)
+    assert main(["prune", str(only_one), "--out", str(out), "--delete"]) == 2
+    assert "--allow-majority" in capsys.readouterr().err and all(p.is_file() for p in outputs)
+
+    assert main(["prune", str(smaller), "--out", str(out), "--delete"]) == 0
+    assert "removed 10 files" in capsys.readouterr().out
+    assert not any(p.exists() for p in outputs + views) and not stale.parent.exists() and fresh.is_dir()
+    after = _fingerprints(out)
+    assert all(after.get(k) == v for k, v in kept_before.items()), "a kept item's output changed"
+    assert not search(catalog, "shining over the old")
+    smith = demo_archive.item(gone)
+    assert smith.item_id not in set(catalog.latest_ok()["item_id"])
+    assert main(["status", "--catalog", str(out / "catalog")]) == 1  # the demo's broken items
+    assert "1 withdrawn" in capsys.readouterr().out
+    assert main(["prune", str(smaller), "--out", str(out)]) == 0
+    assert "0 item paths" in capsys.readouterr().out
+
+    # The file comes back: it is restored and transcribed again, and found again.
+    back = run_archive(demo_archive.manifest, demo_archive.root, out, catalog.root, RunOptions(), item_ids=[smith.item_id])
+    assert back["ok"] == 1, back
+    assert all(p.is_file() for p in outputs) and search(catalog, "shining over the old")

@@ -81,6 +81,14 @@ def test_unchanged_items_are_skipped_and_forced_items_are_not(tmp_path):
     assert changed.skip_reason == ""
     exhausted, _ = _plan(tmp_path, failures_by_sha={first.sha256: 3})
     assert "failed 3 times" in exhausted.skip_reason
+    # The catalog's record is not this output folder's: a run into another
+    # folder (or after `archivox prune` removed the output) does the item.
+    elsewhere, _ = _plan(tmp_path, previous=previous, out=tmp_path / "other-out")
+    assert elsewhere.skip_reason == "" and elsewhere.restored_path == str(tmp_path / "other-out" / "tape.wav.flac")
+    moved = tmp_path / "moved-out"
+    restored_path.parent.rename(moved)
+    in_moved, _ = _plan(tmp_path, previous=previous, out=moved)
+    assert in_moved.skip_reason.startswith("unchanged since run r0")
 
 
 def test_an_item_done_by_an_older_release_is_done_again(tmp_path, monkeypatch):
