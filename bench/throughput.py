@@ -133,10 +133,10 @@ def main() -> int:
     lines = [
         f"# archivox throughput: {args.n}-item archive, {audio_s / 60:.1f} min of audio",
         "",
-        f"- machine: {platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
-        "(shared with other jobs while measured: absolute speeds are pessimistic)",
-        f"- stages: {', '.join(options.restore.resolved_stages())}; transcription: "
-        f"{'off' if args.no_transcribe else options.transcribe.model}; device: {args.device}; task threads: {args.workers}",
+        (f"- machine: {platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
+        "(shared with other jobs while measured: absolute speeds are pessimistic)"),
+        (f"- stages: {', '.join(options.restore.resolved_stages())}; transcription: "
+        f"{'off' if args.no_transcribe else options.transcribe.model}; device: {args.device}; task threads: {args.workers}"),
         f"- items: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped",
         f"- command: `python bench/throughput.py --n {args.n} --repeats {args.repeats} --workers {args.workers}"
         + (f" --stages {args.stages}" if args.stages else "") + (" --no-transcribe" if args.no_transcribe else "") + (" --retranscribe" if args.retranscribe else "") + "`",
