@@ -39,7 +39,9 @@ FULL_BAND_RATE_HZ = 32_000
 # 4: declip under 32 kHz rebuilds runs from four weighted reconstructions;
 #    declick at 32 kHz and above spares faint stop releases and onsets, and
 #    under 32 kHz keeps wide clicks just under its bar.
-RESTORATION_REVISION = 4
+# 5: declip at 32 kHz and above combines its reconstructions as under 32 kHz
+#    (RMS of the excesses, dips filled), not by their mean.
+RESTORATION_REVISION = 5
 
 # The stage names are a public contract: users pass them to
 # ``archivox restore --stages`` and scripts read them back from ``stages/``.
