@@ -637,6 +637,12 @@ class Declick(Stage):
     which finds dense clicks and the second click of close pairs; False does
     one refit and one search, about twice as fast, which is enough to count
     clicks (the diagnosis uses it).
+    ``sparse_clicks_per_minute``: under 32 kHz, a channel with fewer clicks a
+    minute than this over the full gate is taken for clean speech and keeps
+    only the clear ones (``_SPARSE_MARGIN_DB`` over the gate): the marginal
+    ones there are the speaker's own pulses and releases. 0 keeps every
+    detection, for a tape with a few faint clicks a minute (at 0.25 clicks
+    a second the rule finds 75 % of them, against 97 % without it).
     """
 
     name = "declick"
@@ -647,6 +653,7 @@ class Declick(Stage):
     max_click_ms: float = 3.0
     min_level_db: float = -30.0
     thorough: bool = True
+    sparse_clicks_per_minute: float = _SPARSE_PER_MINUTE
 
     def __post_init__(self) -> None:
         check_range("threshold_db", self.threshold_db, 16.0, 60.0)
@@ -655,6 +662,7 @@ class Declick(Stage):
         check_range("order", self.order, 8, 128)
         check_range("max_click_ms", self.max_click_ms, 0.1, 20.0)
         check_range("min_level_db", self.min_level_db, -120.0, 0.0)
+        check_range("sparse_clicks_per_minute", self.sparse_clicks_per_minute, 0.0, 600.0)
 
 
     def _geometry(self, rate: int) -> tuple[int, int]:
@@ -692,7 +700,7 @@ class Declick(Stage):
                                    min_level_db=self.min_level_db, refilled=regions)
             scored = _merge_scored(scored + again)
         if rate < FULL_BAND_RATE_HZ:
-            scored = _without_marginal(scored, x.size / rate)
+            scored = _without_marginal(scored, x.size / rate, self.sparse_clicks_per_minute)
         return [(s, e) for s, e, _ in scored], coefs
 
     def detect(self, audio: np.ndarray, sample_rate_hz: int) -> dict[str, Any]:
@@ -721,11 +729,12 @@ class Declick(Stage):
         )
 
 
-def _without_marginal(scored: list[tuple[int, int, float]], seconds: float) -> list[tuple[int, int, float]]:
+def _without_marginal(scored: list[tuple[int, int, float]], seconds: float,
+                      per_minute: float = _SPARSE_PER_MINUTE) -> list[tuple[int, int, float]]:
     """The scored regions [(start, stop, margin_db)] of an item ``seconds`` long, less the marginal ones
-    when the item shows no crackle: fewer than ``_SPARSE_PER_MINUTE`` a minute over the full gate."""
+    when the item shows no crackle: fewer than ``per_minute`` a minute over the full gate."""
     confident = sum(1 for *_, margin_db in scored if margin_db > 0.0)
-    if confident >= _SPARSE_PER_MINUTE * seconds / 60:
+    if confident >= per_minute * seconds / 60:
         return scored
     return [region for region in scored if region[2] >= _SPARSE_MARGIN_DB]
 
