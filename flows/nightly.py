@@ -91,12 +91,17 @@ def archive_nightly(
     force: bool = False,
     timeout_s: float = 20 * 3600.0,
     poll_s: float = 5.0,
+    prune_missing: bool = False,
 ) -> dict[str, Any]:
     """Run ``manifest`` as batches of ``batch_size`` items, each a flow run of ``batch_deployment``.
 
     ``options``: a :class:`RunOptions` as a dict; ``scaleout``: a
     :class:`~archivox.flows.scaleout.ScaleOut` as a dict, passed to every
     batch. Paths must mean the same on every worker (shared storage).
+    Items the catalog knows that have left the manifest are reported as
+    "gone"; with ``prune_missing`` their outputs are removed and they are
+    withdrawn from search after the batches (``archivox prune --delete``),
+    unless that would take most of the archive's outputs.
     Returns {"batches": [flow run ids], "items": [{item_id, status, action, worker}], counts}.
     """
     from prefect.deployments import run_deployment
@@ -148,6 +153,7 @@ def archive_nightly(
         for i in item_ids
         if i not in done
     ]
+    report += _departed(Path(manifest), Path(out), catalog_obj, prune_missing, logger)
     counts: dict[str, int] = {}
     for entry in report:
         counts[entry["status"]] = counts.get(entry["status"], 0) + 1
@@ -171,6 +177,33 @@ def archive_nightly(
         # them); the run itself fails so that monitoring notices.
         raise RuntimeError(f"{len(unfinished)} of {len(runs)} batch flow runs did not complete: {', '.join(unfinished)}")
     return summary
+
+
+def _departed(manifest: Path, out: Path, catalog: Catalog, prune_missing: bool, logger) -> list[dict[str, Any]]:
+    """Report entries for the items the catalog has that left ``manifest``; pruned first when asked."""
+    from archivox.errors import ArchivoxError
+    from archivox.prune import find_prunable, guard_majority, prune
+
+    plan = find_prunable(manifest, out, catalog)
+    if not (plan.withdrawn or plan.paths or plan.stale_work):
+        return []
+    latest = catalog.latest_items().set_index("item_id")
+    status, action = "gone", "left the manifest; `archivox prune` removes its outputs"
+    if prune_missing:
+        try:
+            guard_majority(plan, allow_majority=False)
+        except ArchivoxError as exc:
+            logger.warning("not pruning: %s", exc)
+            action = f"left the manifest; not pruned: {exc}"
+        else:
+            removed = prune(plan, out, catalog)
+            logger.info("pruned %d files of %d items that left the manifest", removed, len(plan.withdrawn))
+            status, action = "withdrawn", "left the manifest; outputs removed, withdrawn from search"
+    return [
+        {"item_id": i, "path": str(latest.loc[i, "path"]), "status": status, "action": action, "worker": "",
+         "run_id": "", "error": "", "seconds": 0.0}
+        for i in plan.withdrawn
+    ]
 
 
 def _write_report(out: Path, summary: dict[str, Any]) -> Path:

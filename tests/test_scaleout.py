@@ -148,14 +148,14 @@ def api(cluster):
         yield cluster
 
 
-def _nightly(cluster) -> dict:
+def _nightly(cluster, **parameters) -> dict:
     """Run the nightly deployment as its schedule would (with test-sized batches and options)."""
     from prefect.deployments import run_deployment
 
     before = set((cluster.out / "runs").glob("nightly-*.json"))
     run = run_deployment(
         "archive-nightly/nightly",
-        parameters={"options": _run_options().to_dict(), "batch_size": 2, "scaleout": {}, "poll_s": 1.0},
+        parameters={"options": _run_options().to_dict(), "batch_size": 2, "scaleout": {}, "poll_s": 1.0, **parameters},
         timeout=RUN_TIMEOUT_S,
         poll_interval=1,
     )
@@ -240,16 +240,22 @@ def test_second_night_processes_only_the_changed_and_the_added_item(api, first_n
     audio, rate_hz = sf.read(changed, dtype="float32")
     sf.write(changed, audio + white_noise(len(audio) / rate_hz, -50.0, seed=9, rate_hz=rate_hz)[0, : len(audio)], rate_hz, subtype="PCM_16")
     shutil.copy(api.archive / "tape-001.wav", api.archive / "tape-new.wav")
-    with open(api.manifest, "a") as handle:
-        handle.write("tape-new.wav,item-new,oral-history,en\n")
+    # tape-005 leaves the archive; the night prunes it (prune_missing).
+    lines = [line for line in api.manifest.read_text().splitlines(keepends=True) if ",item-005," not in line]
+    api.manifest.write_text("".join(lines) + "tape-new.wav,item-new,oral-history,en\n")
+    gone = Catalog(api.catalog).latest_ok().set_index("item_id").loc["item-005", "restored_path"]
+    assert Path(gone).is_file()
 
-    report = _nightly(api)
+    report = _nightly(api, prune_missing=True)
     actions = {e["item_id"]: e["action"] for e in report["items"]}
     assert actions == {
-        **{f"item-{i:03d}": "unchanged" for i in range(6)},
+        **{f"item-{i:03d}": "unchanged" for i in range(5)},
         "item-003": "changed (checksum)",
         "item-new": "new",
+        "item-005": "left the manifest; outputs removed, withdrawn from search",
     }
+    assert report["counts"]["withdrawn"] == 1 and not Path(gone).exists()
+    assert "item-005" not in set(Catalog(api.catalog).latest_ok()["item_id"])
     rows = Catalog(api.catalog).item_rows()
     tonight = rows[rows["run_id"].isin(report["batches"])]
     assert sorted(tonight[tonight["status"] == "ok"]["item_id"]) == ["item-003", "item-new"]
