@@ -307,6 +307,7 @@ def cmd_status(args) -> int:
 
 def cmd_prune(args) -> int:
     from archivox.catalog.store import Catalog
+    from archivox.fsutil import output_lock
     from archivox.prune import find_prunable, guard_majority, prune
 
     out = Path(args.out)
@@ -326,7 +327,8 @@ def cmd_prune(args) -> int:
     if not args.delete:
         console.print(f"{summary}; nothing removed (add --delete to remove them)")
         return 0
-    removed = prune(plan, out, catalog)
+    with output_lock(out, exclusive=True):
+        removed = prune(plan, out, catalog)
     console.print(f"{summary}; removed {removed} files")
     return 0
 
@@ -463,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune_cmd = sub.add_parser(
         "prune", help="list (or, with --delete, remove) the outputs of items that have left the manifest",
         description="Outputs are found from the catalog's records; originals are never touched. Withdrawn items "
-                    "leave search but keep their catalog history. Run it when no run is writing to OUT.",
+                    "leave search but keep their catalog history. Refused while a run is writing to OUT.",
     )
     prune_cmd.add_argument("manifest", help="the manifest of the whole archive as it is now")
     prune_cmd.add_argument("--out", required=True, help="the output folder of the runs")

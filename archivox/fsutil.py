@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import uuid
 from pathlib import Path
 from typing import Iterator
 
-from archivox.errors import ManifestError
+from archivox.errors import ArchivoxError, ManifestError
+
+OUTPUT_LOCK = ".archivox-output.lock"
 
 
 @contextlib.contextmanager
@@ -57,3 +60,30 @@ def resolve_inside(root: Path, relative: str) -> Path:
     if real != root_real and root_real not in real.parents:
         raise ManifestError(f"path {relative!r} leads outside the archive root {root} (to {real}); refusing it")
     return real
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold the output folder's lock: runs share it, ``archivox prune`` takes it alone.
+
+    A run waits while a prune holds it; a prune refuses at once while any
+    run (or batch of a nightly run) holds it, rather than remove files that
+    run is writing or about to reuse.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / OUTPUT_LOCK, "a+") as handle:
+        if exclusive:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ArchivoxError(
+                    f"a run is writing to {out}; prune when it has finished (nightly runs can prune "
+                    "after their batches: prune_missing)"
+                ) from None
+        else:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

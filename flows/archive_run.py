@@ -30,6 +30,7 @@ import archivox
 from archivox.catalog.store import Catalog, to_json, utc_now
 from archivox.config import RunOptions
 from archivox.errors import BadInputError, ConfigError
+from archivox.fsutil import output_lock
 from archivox.manifest import ManifestItem, read_manifest
 from archivox.flows.scaleout import ScaleOut, dask_placement, dispatch_gpu_batch, gpu_steps
 from archivox.tasks import pipeline
@@ -165,15 +166,21 @@ def archive_run(
 
 
 def _run(manifest, root, out, catalog_dir, run_options: RunOptions, force, item_ids, scale: ScaleOut | None = None) -> dict[str, Any]:
-    from prefect.runtime import flow_run
-
-    started = utc_now()
-    run_id = str(flow_run.get_id() or uuid.uuid4())
     root_path, out_path = Path(root).resolve(), Path(out).resolve()
     if out_path == root_path:
         # Outputs add a suffix and so never replace an original, but they must
         # not mix into the archive that the next scan or run walks.
         raise ConfigError(f"--out {out} is the archive root; choose an output folder outside the archive")
+    with output_lock(out_path, exclusive=False):
+        return _run_items(manifest, root_path, out_path, catalog_dir, run_options, force, item_ids, scale)
+
+
+def _run_items(manifest, root_path: Path, out_path: Path, catalog_dir, run_options: RunOptions, force, item_ids,
+               scale: ScaleOut | None) -> dict[str, Any]:
+    from prefect.runtime import flow_run
+
+    started = utc_now()
+    run_id = str(flow_run.get_id() or uuid.uuid4())
     catalog = Catalog(catalog_dir)
     items: list[ManifestItem] = read_manifest(Path(manifest))
     if item_ids is not None:

@@ -182,6 +182,7 @@ def archive_nightly(
 def _departed(manifest: Path, out: Path, catalog: Catalog, prune_missing: bool, logger) -> list[dict[str, Any]]:
     """Report entries for the items the catalog has that left ``manifest``; pruned first when asked."""
     from archivox.errors import ArchivoxError
+    from archivox.fsutil import output_lock
     from archivox.prune import find_prunable, guard_majority, prune
 
     plan = find_prunable(manifest, out, catalog)
@@ -192,11 +193,13 @@ def _departed(manifest: Path, out: Path, catalog: Catalog, prune_missing: bool, 
     if prune_missing:
         try:
             guard_majority(plan, allow_majority=False)
+            # A batch that outlived the wait may still be writing: the lock refuses then.
+            with output_lock(out, exclusive=True):
+                removed = prune(plan, out, catalog)
         except ArchivoxError as exc:
             logger.warning("not pruning: %s", exc)
             action = f"left the manifest; not pruned: {exc}"
         else:
-            removed = prune(plan, out, catalog)
             logger.info("pruned %d files of %d items that left the manifest", removed, len(plan.withdrawn))
             status, action = "withdrawn", "left the manifest; outputs removed, withdrawn from search"
     return [

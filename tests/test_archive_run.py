@@ -245,6 +245,11 @@ def test_prune_removes_only_the_outputs_of_items_that_left_the_archive(first_run
     assert main(["prune", str(only_one), "--out", str(out), "--delete"]) == 2
     assert "--allow-majority" in capsys.readouterr().err and all(p.is_file() for p in outputs)
 
+    from archivox.fsutil import output_lock
+
+    with output_lock(out, exclusive=False):  # as a run holds it
+        assert main(["prune", str(smaller), "--out", str(out), "--delete"]) == 2
+    assert "a run is writing to" in capsys.readouterr().err and all(p.is_file() for p in outputs + views)
     assert main(["prune", str(smaller), "--out", str(out), "--delete"]) == 0
     assert "removed 10 files" in capsys.readouterr().out
     assert not any(p.exists() for p in outputs + views) and not stale.parent.exists() and fresh.is_dir()
