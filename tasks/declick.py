@@ -211,10 +211,10 @@ _SPARSE_AT_LEAST_FULL_BAND = 3
 # is not next to a refilled region (what a refill left there was looked at
 # already). Clean items are not touched: the rule needs the crackle first.
 # On the 20 failing tuning files the new candidates that were clicks sat
-# 3 dB re the programme and 10 dB under the gate (medians), the speech's own
-# (glottal pulses of LibriSpeech 2414 and 3005) 5 dB fainter and 18 dB under
-# it, and 16 of their 22 spanned more samples than their pulse, against 31 of
-# 170 clicks. Tuning files (bench offsets 1 and 3, 79): files with F1 >= 0.95
+# 3 dB under the programme and 10 dB under the gate (medians), the others
+# (19 of 27 in LibriSpeech 2414 and 3005, whose glottal pulses made most of
+# the clean detections) 6 and 14 dB, and 16 of 22 of those spanned more
+# samples than their pulse, against 31 of 170 clicks. Tuning files (bench offsets 1 and 3, 79): files with F1 >= 0.95
 # at 5 clicks/s 69 -> 74, at 20/s 68 -> 76; SI-SDR gain >= 10 dB 69 -> 75 at
 # both; missed clicks 86 -> 43 and 513 -> 323, extra detections 54 -> 59 and
 # 78 -> 86; the clean files unchanged.
