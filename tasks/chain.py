@@ -40,8 +40,9 @@ FULL_BAND_RATE_HZ = 32_000
 #    declick at 32 kHz and above spares faint stop releases and onsets, and
 #    under 32 kHz keeps wide clicks just under its bar.
 # 5: declip at 32 kHz and above combines its reconstructions as under 32 kHz
-#    (RMS of the excesses, dips filled), not by their mean; declick under
-#    32 kHz keeps only clear detections in a channel without crackle.
+#    (RMS of the excesses, dips filled), not by their mean; declick keeps
+#    only clear detections in a channel without crackle, and under 32 kHz
+#    looks further under its bar in a channel with crackle.
 RESTORATION_REVISION = 5
 
 # The stage names are a public contract: users pass them to

@@ -341,8 +341,10 @@ def find_clicks(
     min_level_db: float = -30.0,
     onset_gate: bool = True,
     refilled: list[tuple[int, int]] | None = None,
-) -> list[tuple[int, int]]:
-    """Click regions as [start, stop) sample ranges of one channel x: (n,) float64.
+    crackle_db: float = 0.0,
+) -> list[tuple[int, int, float]]:
+    """Click regions of one channel x: (n,) float64, as [(start, stop, margin_db)]: [start, stop) in samples,
+    and how far the detection statistic stood over the full gate (negative: a lenient path took it).
 
     A sample is a click candidate when, for a pulse of some width from 1 to
     4 samples starting there, the matched prediction error is
@@ -358,29 +360,9 @@ def find_clicks(
     in the lenient searches that refit the models). ``refilled``: [start,
     stop) regions of x already refilled; a candidate next to one is what the
     refill left of a click, never an onset.
-    """
-    return [(s, e) for s, e, _ in _scored_clicks(x, rate_hz, order, threshold_db, peak_ratio_db, min_relative_db,
-                                                 max_click_ms, coefs, min_level_db, onset_gate, refilled)]
-
-
-def _scored_clicks(
-    x: np.ndarray,
-    rate_hz: int,
-    order: int = 32,
-    threshold_db: float = 34.0,
-    peak_ratio_db: float = 6.0,
-    min_relative_db: float = -10.0,
-    max_click_ms: float = 3.0,
-    coefs: np.ndarray | None = None,
-    min_level_db: float = -30.0,
-    onset_gate: bool = True,
-    refilled: list[tuple[int, int]] | None = None,
-    crackle_db: float = 0.0,
-) -> list[tuple[int, int, float]]:
-    """``find_clicks``'s regions with each one's margin: [(start, stop, statistic over the full gate in dB)].
-
-    ``crackle_db`` > 0 (an item with crackle, see ``_CRACKLE_BAR_DB``): also keep a candidate up to this far under
-    the full gate whose pulse is within ``_CRACKLE_LEVEL_DB`` of the programme and away from ``refilled``.
+    ``crackle_db`` > 0 (an item with crackle, see ``_CRACKLE_BAR_DB``): also keep a candidate up to this
+    far under the full gate whose pulse is within ``_CRACKLE_LEVEL_DB`` of the programme and away from
+    ``refilled``.
     """
     n = x.size
     p = _order_for(rate_hz, order)
@@ -725,14 +707,14 @@ class Declick(Stage):
         # matched detector's gain away; a lenient first search finds enough of
         # them to refit the models on a repaired copy before the real search.
         for _ in range(_REFITS if self.thorough else 1):
-            loose = find_clicks(x, rate, self.order, self.threshold_db - _LOOSE_DB, max(0.0, self.peak_ratio_db - 6),
-                                self.min_relative_db, self.max_click_ms, coefs=coefs, min_level_db=self.min_level_db,
-                                onset_gate=False)
+            loose = [(s, e) for s, e, _ in find_clicks(
+                x, rate, self.order, self.threshold_db - _LOOSE_DB, max(0.0, self.peak_ratio_db - 6),
+                self.min_relative_db, self.max_click_ms, coefs=coefs, min_level_db=self.min_level_db, onset_gate=False)]
             if not loose:
                 break
             coefs = block_ar(fill_regions(x, loose, coefs, block), p, block)
-        scored = _scored_clicks(x, rate, self.order, self.threshold_db, self.peak_ratio_db,
-                                self.min_relative_db, self.max_click_ms, coefs=coefs, min_level_db=self.min_level_db)
+        scored = find_clicks(x, rate, self.order, self.threshold_db, self.peak_ratio_db,
+                             self.min_relative_db, self.max_click_ms, coefs=coefs, min_level_db=self.min_level_db)
         regions = [(s, e) for s, e, _ in scored]
         if regions and self.thorough:
             # Two clicks a few samples apart make one detection, refilled over
@@ -742,10 +724,10 @@ class Declick(Stage):
             crackle = (rate < FULL_BAND_RATE_HZ and self.sparse_clicks_per_minute > 0
                        and sum(1 for *_, margin_db in scored if margin_db > 0.0)
                        >= self.sparse_clicks_per_minute * x.size / rate / 60)
-            again = _scored_clicks(fill_regions(x, regions, coefs, block), rate, self.order, self.threshold_db,
-                                   self.peak_ratio_db, self.min_relative_db, self.max_click_ms, coefs=coefs,
-                                   min_level_db=self.min_level_db, refilled=regions,
-                                   crackle_db=_CRACKLE_BAR_DB if crackle else 0.0)
+            again = find_clicks(fill_regions(x, regions, coefs, block), rate, self.order, self.threshold_db,
+                                self.peak_ratio_db, self.min_relative_db, self.max_click_ms, coefs=coefs,
+                                min_level_db=self.min_level_db, refilled=regions,
+                                crackle_db=_CRACKLE_BAR_DB if crackle else 0.0)
             scored = _merge_scored(scored + again)
         scored = _without_marginal(scored, x.size / rate, self.sparse_clicks_per_minute,
                                    0 if rate < FULL_BAND_RATE_HZ else _SPARSE_AT_LEAST_FULL_BAND)

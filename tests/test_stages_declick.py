@@ -283,6 +283,20 @@ def test_corpus_speech_recorded_at_48_khz_releases_and_onsets(corpus) -> None:
     assert false_found <= 2, false_found
 
 
+def _source_rate_f1_and_gain(stage: Declick, clean: np.ndarray, seed: int) -> tuple[float, float]:
+    """(F1 within 1 ms, SI-SDR gain in dB) of ``stage`` on ``clean`` (n,) at SOURCE_RATE_HZ with 5 clicks/s
+    planted at half its peak, as the tuning harness plants them."""
+    planted, positions = clicks(clean.size / SOURCE_RATE_HZ, 5, amplitude=0.5 * float(np.abs(clean).max()),
+                                seed=seed, rate_hz=SOURCE_RATE_HZ)
+    scale = 0.999 / np.abs(clean + planted[0]).max()
+    clean, noisy = clean * scale, (clean + planted[0]) * scale
+    regions, _ = stage.find(noisy, SOURCE_RATE_HZ)
+    f1, _, _ = event_f1(np.array([start for start, _ in regions]), positions, SOURCE_RATE_HZ // 1000)
+    gain_db = si_sdr_db(stage(noisy[None].astype(np.float32), SOURCE_RATE_HZ).audio, clean[None]) - si_sdr_db(
+        noisy[None], clean[None])
+    return f1, gain_db
+
+
 @pytest.mark.corpus
 def test_corpus_16_khz_clicks_of_three_and_four_samples_under_the_full_gate(corpus) -> None:
     # At 16 kHz a 3- or 4-sample click corrupts 3-4 samples, more than the
@@ -299,15 +313,8 @@ def test_corpus_16_khz_clicks_of_three_and_four_samples_under_the_full_gate(corp
     for name, seed in cases:
         clean = load_speech(corpus / "speech_clean" / name, SOURCE_RATE_HZ)[0].astype(np.float64)
         clean *= 0.999 / np.abs(clean).max()
-        planted, positions = clicks(clean.size / SOURCE_RATE_HZ, 5, amplitude=0.5 * float(np.abs(clean).max()),
-                                    seed=seed, rate_hz=SOURCE_RATE_HZ)
-        scale = 0.999 / np.abs(clean + planted[0]).max()
-        clean, noisy = clean * scale, (clean + planted[0]) * scale
         false_found += len(stage.find(clean, SOURCE_RATE_HZ)[0])
-        regions, _ = stage.find(noisy, SOURCE_RATE_HZ)
-        f1, _, _ = event_f1(np.array([start for start, _ in regions]), positions, SOURCE_RATE_HZ // 1000)
-        gain_db = si_sdr_db(stage(noisy[None].astype(np.float32), SOURCE_RATE_HZ).audio, clean[None]) - si_sdr_db(
-            noisy[None], clean[None])
+        f1, gain_db = _source_rate_f1_and_gain(stage, clean, seed)
         assert f1 >= 0.95, (name, f1)
         assert gain_db >= 14.0, (name, gain_db)
     assert false_found <= 2, false_found
@@ -334,15 +341,7 @@ def test_corpus_16_khz_clean_speech_keeps_no_marginal_detection(corpus) -> None:
     # The rule is a parameter: 0 keeps every detection, as before it.
     every = Declick(sparse_clicks_per_minute=0.0)
     assert sum(len(every.find(clean, SOURCE_RATE_HZ)[0]) for clean in speech.values()) >= 5
-    clean = speech["librispeech_2414-128291-0002.flac"]
-    planted, positions = clicks(clean.size / SOURCE_RATE_HZ, 5, amplitude=0.5 * float(np.abs(clean).max()), seed=2,
-                                rate_hz=SOURCE_RATE_HZ)
-    scale = 0.999 / np.abs(clean + planted[0]).max()
-    clean, noisy = clean * scale, (clean + planted[0]) * scale
-    regions, _ = stage.find(noisy, SOURCE_RATE_HZ)
-    f1, _, _ = event_f1(np.array([start for start, _ in regions]), positions, SOURCE_RATE_HZ // 1000)
-    gain_db = si_sdr_db(stage(noisy[None].astype(np.float32), SOURCE_RATE_HZ).audio, clean[None]) - si_sdr_db(
-        noisy[None], clean[None])
+    f1, gain_db = _source_rate_f1_and_gain(stage, speech["librispeech_2414-128291-0002.flac"], seed=2)
     assert f1 >= 0.95, f1
     assert gain_db >= 18.0, gain_db
 
@@ -362,14 +361,7 @@ def test_corpus_16_khz_clicks_inside_loud_speech_of_an_item_with_crackle(corpus)
         clean = load_speech(corpus / "speech_clean" / name, SOURCE_RATE_HZ)[0].astype(np.float64)
         clean *= 0.999 / np.abs(clean).max()
         assert stage.find(clean, SOURCE_RATE_HZ)[0] == [], name
-        planted, positions = clicks(clean.size / SOURCE_RATE_HZ, 5, amplitude=0.5 * float(np.abs(clean).max()),
-                                    seed=seed, rate_hz=SOURCE_RATE_HZ)
-        scale = 0.999 / np.abs(clean + planted[0]).max()
-        clean, noisy = clean * scale, (clean + planted[0]) * scale
-        regions, _ = stage.find(noisy, SOURCE_RATE_HZ)
-        f1, _, _ = event_f1(np.array([start for start, _ in regions]), positions, SOURCE_RATE_HZ // 1000)
-        gain_db = si_sdr_db(stage(noisy[None].astype(np.float32), SOURCE_RATE_HZ).audio, clean[None]) - si_sdr_db(
-            noisy[None], clean[None])
+        f1, gain_db = _source_rate_f1_and_gain(stage, clean, seed)
         assert f1 >= 0.96, (name, f1)
         assert gain_db >= 13.0, (name, gain_db)
 
