@@ -44,7 +44,7 @@ class PrunePlan:
     paths: dict[str, list[Path]] = field(default_factory=dict)
     withdrawn: list[str] = field(default_factory=list)
     stale_work: list[Path] = field(default_factory=list)
-    catalog_paths: int = 0  # recorded item paths that have outputs now
+    catalog_paths: int = 0  # item paths the catalog has an ok row for
 
     @property
     def files(self) -> list[Path]:
@@ -57,25 +57,27 @@ class PrunePlan:
         return total
 
 
-def item_outputs(out: Path, rel_path: str) -> list[Path]:
-    """The files a run may have written under ``out`` for the item at ``rel_path`` that exist now.
+def output_names(out: Path, rel_path: str) -> list[Path]:
+    """Every file a run may write under ``out`` for the item at ``rel_path``, whether or not it exists.
 
-    Raises ``ManifestError`` for a path that would lead outside ``out``.
+    Names only, no file system access: a nightly run asks this for every item.
     """
     from archivox.tasks.pipeline import ASR_VIEWS_FOLDER
 
-    base = resolve_inside(out, rel_path)
-    views = resolve_inside(Path(out) / ASR_VIEWS_FOLDER, rel_path)
-    candidates = [base.with_name(base.name + s) for s in _OUTPUT_SUFFIXES]
-    candidates += [views.with_name(views.name + s) for s in _VIEW_SUFFIXES]
-    return [c for c in candidates if c.is_file() and not c.is_symlink()]
+    base = Path(os.path.normpath(Path(out) / rel_path))
+    views = Path(os.path.normpath(Path(out) / ASR_VIEWS_FOLDER / rel_path))
+    return [base.with_name(base.name + s) for s in _OUTPUT_SUFFIXES] + [
+        views.with_name(views.name + s) for s in _VIEW_SUFFIXES
+    ]
 
 
-def _outputs_or_none(out: Path, rel_path: str) -> list[Path]:
+def item_outputs(out: Path, rel_path: str) -> list[Path]:
+    """The files of ``output_names`` that exist now (never symlinks); [] for a path that leads outside ``out``."""
     try:
-        return item_outputs(out, rel_path)
+        resolve_inside(out, rel_path)
     except ManifestError:
         return []  # a row refused for leading outside the root wrote nothing
+    return [f for f in output_names(out, rel_path) if f.is_file() and not f.is_symlink()]
 
 
 def find_prunable(manifest: Path, out: Path, catalog: Catalog, *, stale_work_h: float = 24.0,
@@ -91,14 +93,14 @@ def find_prunable(manifest: Path, out: Path, catalog: Catalog, *, stale_work_h: 
     keep_ids = {i.item_id for i in items}
     rows = catalog.item_rows()
     plan = PrunePlan()
-    recorded = {p: _outputs_or_none(out, p) for p in rows["path"].dropna().unique().tolist()}
-    plan.catalog_paths = sum(1 for files in recorded.values() if files)
+    plan.catalog_paths = rows.loc[rows["status"] == "ok", "path"].dropna().nunique()
+    gone = [p for p in rows["path"].dropna().unique().tolist() if p not in keep_paths]
     # Output names are the item's path plus a suffix, so one item's output can
     # carry another's name ("a.wav" and "a.wav.residual"); what a kept item
     # may own is never listed.
-    protected = {f for p in keep_paths for f in (recorded[p] if p in recorded else _outputs_or_none(out, p))}
-    for rel_path, outputs in recorded.items():
-        files = [f for f in outputs if f not in protected] if rel_path not in keep_paths else []
+    owned = {f for p in (keep_paths if gone else ()) for f in output_names(out, p)}
+    for rel_path in gone:
+        files = [f for f in item_outputs(out, rel_path) if f not in owned]
         if files:
             plan.paths[rel_path] = files
     latest = rows.drop_duplicates("item_id", keep="first")
@@ -163,6 +165,6 @@ def guard_majority(plan: PrunePlan, allow_majority: bool) -> None:
         return
     if len(plan.paths) * 2 > plan.catalog_paths:
         raise ArchivoxError(
-            f"the manifest leaves out {len(plan.paths)} of the {plan.catalog_paths} recorded items that have "
-            f"outputs under OUT; if it really lists the whole archive, add --allow-majority"
+            f"the manifest leaves out {len(plan.paths)} of the {plan.catalog_paths} item paths the catalog has "
+            f"restored; if it really lists the whole archive, add --allow-majority"
         )
