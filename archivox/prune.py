@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from archivox.catalog.store import Catalog, utc_now
 from archivox.errors import ArchivoxError, ManifestError
@@ -37,12 +38,12 @@ class PrunePlan:
 
     ``paths``: item paths (relative, as in the manifest) whose outputs go,
     each with its files. ``withdrawn``: item ids no longer in the manifest at
-    all (an id whose file only moved keeps its catalog entry). ``stale_work``:
+    all, each with its newest ``items`` row (an id whose file only moved keeps its catalog entry). ``stale_work``:
     work folders of runs that have not written for ``stale_work_h`` hours.
     """
 
     paths: dict[str, list[Path]] = field(default_factory=dict)
-    withdrawn: list[str] = field(default_factory=list)
+    withdrawn: dict[str, dict[str, Any]] = field(default_factory=dict)
     stale_work: list[Path] = field(default_factory=list)
     catalog_paths: int = 0  # item paths the catalog has an ok row for
 
@@ -104,7 +105,8 @@ def find_prunable(manifest: Path, out: Path, catalog: Catalog, *, stale_work_h: 
         if files:
             plan.paths[rel_path] = files
     latest = rows.drop_duplicates("item_id", keep="first")
-    plan.withdrawn = sorted(latest[(~latest["item_id"].isin(keep_ids)) & (latest["status"] != WITHDRAWN)]["item_id"])
+    leaving = latest[(~latest["item_id"].isin(keep_ids)) & (latest["status"] != WITHDRAWN)]
+    plan.withdrawn = {row["item_id"]: row for row in leaving.sort_values("item_id").to_dict(orient="records")}
     now_s = time.time() if now_s is None else now_s
     work = out / WORK_FOLDER
     if work.is_dir():
@@ -134,15 +136,13 @@ def prune(plan: PrunePlan, out: Path, catalog: Catalog) -> int:
         removed += sum(1 for f in folder.rglob("*") if f.is_file())
         shutil.rmtree(folder, ignore_errors=True)
     if plan.withdrawn:
-        rows = catalog.item_rows().drop_duplicates("item_id", keep="first")
-        rows = rows[rows["item_id"].isin(set(plan.withdrawn))]
         now = utc_now()
         run_id = f"prune-{now.strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}"
-        withdrawn = []
-        for row in rows.to_dict(orient="records"):
-            withdrawn.append({**row, "run_id": run_id, "status": WITHDRAWN, "error": "", "error_kind": "",
-                              "started_at": now, "finished_at": now, "seconds": 0.0})
-        catalog.append("items", withdrawn)
+        catalog.append("items", [
+            {**row, "run_id": run_id, "status": WITHDRAWN, "error": "", "error_kind": "",
+             "started_at": now, "finished_at": now, "seconds": 0.0}
+            for row in plan.withdrawn.values()
+        ])
     return removed
 
 

@@ -188,7 +188,6 @@ def _departed(manifest: Path, out: Path, catalog: Catalog, prune_missing: bool, 
     plan = find_prunable(manifest, out, catalog)
     if not (plan.withdrawn or plan.paths or plan.stale_work):
         return []
-    latest = catalog.latest_items().set_index("item_id")
     status, action = "gone", "left the manifest; `archivox prune` removes its outputs"
     if prune_missing:
         try:
@@ -203,9 +202,9 @@ def _departed(manifest: Path, out: Path, catalog: Catalog, prune_missing: bool, 
             logger.info("pruned %d files of %d items that left the manifest", removed, len(plan.withdrawn))
             status, action = "withdrawn", "left the manifest; outputs removed, withdrawn from search"
     return [
-        {"item_id": i, "path": str(latest.loc[i, "path"]), "status": status, "action": action, "worker": "",
+        {"item_id": item_id, "path": row["path"], "status": status, "action": action, "worker": "",
          "run_id": "", "error": "", "seconds": 0.0}
-        for i in plan.withdrawn
+        for item_id, row in plan.withdrawn.items()
     ]
 
 
