@@ -220,7 +220,7 @@ _SPARSE_AT_LEAST_FULL_BAND = 3
 # 78 -> 86; the clean files unchanged.
 _CRACKLE_BAR_DB = 16.0
 _CRACKLE_LEVEL_DB = -8.0
-_CRACKLE_AWAY = 2 * _WIDTHS
+_REFILLED_AWAY = 2 * _WIDTHS
 
 
 def _order_for(rate_hz: int, order: int) -> int:
@@ -443,7 +443,7 @@ def find_clicks(
                 and not (short_core and (crackle_db <= 0.0 or matched[peak] > 10 ** (-_SHORT_DB / 20)))
                 and (crackle_db <= 0.0 or matched[peak] <= crackle_bar or span > width
                      or abs(size) < programme * 10 ** (_CRACKLE_LEVEL_DB / 20)
-                     or any(s - _CRACKLE_AWAY <= first < e + _CRACKLE_AWAY for s, e in refilled or ()))):
+                     or _near_refilled(first, refilled))):
             # Under the full threshold only a short corrupted core counts:
             # mouth noise and onsets corrupt many samples when they trip it.
             continue
@@ -517,7 +517,7 @@ def _is_quiet_onset(x: np.ndarray, error: np.ndarray, backward: np.ndarray, ampl
     candidate is what the refill left of a click, never an onset. ``others``: the other candidates'
     positions, left out of the burst measure.
     """
-    if any(s - 2 * _WIDTHS <= start < e + 2 * _WIDTHS for s, e in refilled or ()):
+    if _near_refilled(start, refilled):
         return False
     lo, hi = span
     level = abs(size) if lo <= start < hi else amplitude[max(0, lo) : hi].max(initial=abs(size))
@@ -721,9 +721,7 @@ class Declick(Stage):
             # the likelier pulse; the other stands alone once that is repaired.
             # (On the tuning files such pairs at 20 clicks/s made 90 % of one
             # file's remaining error.)
-            crackle = (rate < FULL_BAND_RATE_HZ and self.sparse_clicks_per_minute > 0
-                       and sum(1 for *_, margin_db in scored if margin_db > 0.0)
-                       >= self.sparse_clicks_per_minute * x.size / rate / 60)
+            crackle = rate < FULL_BAND_RATE_HZ and _has_crackle(scored, x.size / rate, self.sparse_clicks_per_minute)
             again = find_clicks(fill_regions(x, regions, coefs, block), rate, self.order, self.threshold_db,
                                 self.peak_ratio_db, self.min_relative_db, self.max_click_ms, coefs=coefs,
                                 min_level_db=self.min_level_db, refilled=regions,
@@ -764,10 +762,22 @@ def _without_marginal(scored: list[tuple[int, int, float]], seconds: float,
     """The scored regions [(start, stop, margin_db)] of an item ``seconds`` long, less the marginal ones
     when the item shows no crackle: fewer than ``per_minute`` a minute over the full gate, or fewer than
     ``at_least`` in all. ``per_minute`` 0 keeps every region."""
-    confident = sum(1 for *_, margin_db in scored if margin_db > 0.0)
-    if per_minute <= 0 or confident >= max(at_least, per_minute * seconds / 60):
+    if per_minute <= 0 or _has_crackle(scored, seconds, per_minute, at_least):
         return scored
     return [region for region in scored if region[2] >= _SPARSE_MARGIN_DB]
+
+
+def _has_crackle(scored: list[tuple[int, int, float]], seconds: float, per_minute: float, at_least: int = 0) -> bool:
+    """Whether an item ``seconds`` long has at least ``per_minute`` detections a minute over the full gate
+    (and ``at_least`` in all) among its scored regions [(start, stop, margin_db)]; never when ``per_minute`` is 0."""
+    confident = sum(1 for *_, margin_db in scored if margin_db > 0.0)
+    return per_minute > 0 and confident >= max(at_least, per_minute * seconds / 60)
+
+
+def _near_refilled(position: int, refilled: list[tuple[int, int]] | None) -> bool:
+    """Whether ``position`` lies within ``_REFILLED_AWAY`` samples of a [start, stop) region already refilled:
+    a candidate there is what the refill left of a click."""
+    return any(s - _REFILLED_AWAY <= position < e + _REFILLED_AWAY for s, e in refilled or ())
 
 
 def _merge_scored(regions: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
