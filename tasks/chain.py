@@ -43,7 +43,10 @@ FULL_BAND_RATE_HZ = 32_000
 #    (RMS of the excesses, dips filled), not by their mean; declick keeps
 #    only clear detections in a channel without crackle, and under 32 kHz
 #    looks further under its bar in a channel with crackle.
-RESTORATION_REVISION = 5
+# 6: declick under 32 kHz refills a region fitted to the click (pad of one
+#    sample, the most likely pulse covered) and, with crackle, keeps loud
+#    clicks near its bar whose core is wide.
+RESTORATION_REVISION = 6
 
 # The stage names are a public contract: users pass them to
 # ``archivox restore --stages`` and scripts read them back from ``stages/``.

@@ -221,39 +221,23 @@ _SPARSE_AT_LEAST_FULL_BAND = 3
 _CRACKLE_BAR_DB = 16.0
 _CRACKLE_LEVEL_DB = -8.0
 _REFILLED_AWAY = 2 * _WIDTHS
-# In an item with crackle the short core's bonus also waives the core
-# condition: a candidate within ``_SHORT_DB`` of the full gate whose pulse
-# is within ``_CRACKLE_LEVEL_DB`` of the programme is kept however many
-# samples its core spans. Of the clicks the second look still missed on the
-# 16 kHz tuning files (offsets 1 and 3; 219 that made a candidate there), 79
-# were such, against 17 candidates that were no click (before the gates):
-# loud clicks inside loud voiced speech, whose own error widens the core
-# (9-13 samples on the files looked at). Tuning files: missed clicks
-# 44 -> 33 at 5 clicks/s and 300 -> 243 at 20/s, extra detections 59 -> 63
-# and 90 -> 93, the clean files unchanged. 12 dB under the gate found 2
-# and 12 more for 1 and 1 more extras.
-# Under FULL_BAND_RATE_HZ the refill itself limits the SI-SDR gain: on six
-# files with clicks planted, refilling exactly the planted samples gave
-# 18-44 dB, the same spans with 2 samples either side 14-26 dB: each extra
-# sample refilled is a sample of full-band speech lost. The searches whose
-# regions are refilled (the main search and the second look; the lenient
-# ones only refit the models) therefore pad the corrupted span by
-# ``_FULL_BAND_PAD`` sample, and a region always covers the most likely
-# pulse where the two lie within ``_WIDTHS`` samples of each other: a region
-# built on a core of 1-2 samples inside a 4-sample click, or beside it, or
-# on a pulse placed early, left the rest of the click in place (one such
-# sample made 80 % of a file's remaining error: 8.4 dB). That pulse is
-# placed on the matched error before the pitch compensation, which at
-# dense clicks carries the other clicks' copies one period away and put
-# the pulse up to 4 samples off. Tuning files, with the waiver above:
-# SI-SDR gain 19.44 -> 22.41 dB at 5 clicks/s and 16.25 -> 18.71 dB at
-# 20/s, no file under 10 dB that was over it. Covering the pulse only where
-# it overlaps the core lost a file 18 dB (a 2-sample click one sample
-# before a 1-sample core); replacing the core by the pulse there lost two
-# files 13 and 16 dB (pulses placed 4-5 samples early on 1-sample clicks in
-# near silence). No pad gained 0.9 dB more on average but lost up to 22 dB
-# on single files, where the pulse was a sample off; the pad alone, without
-# covering the pulse, took 7 files under 10 dB.
+# In an item with crackle a candidate within ``_SHORT_DB`` of the full gate
+# whose pulse is within ``_CRACKLE_LEVEL_DB`` of the programme is kept however
+# many samples its core spans: loud clicks inside loud voiced speech widen
+# their own core (9-13 samples on the 16 kHz files looked at). Of the clicks
+# the second look still missed on the tuning files, 79 of 219 were such,
+# against 17 candidates that were no click.
+# Under FULL_BAND_RATE_HZ the refill, not the detector, limited the gain:
+# each sample refilled is a sample of full-band speech lost (refilling exactly
+# the planted samples gave 18-44 dB on six files, with 2 samples either side
+# 14-26 dB), and a region built on a core of 1-2 samples beside or inside a
+# 4-sample click left the rest of the click in place. So the searches whose
+# regions are refilled pad by ``_FULL_BAND_PAD`` sample and cover the most
+# likely pulse as well as the core when the two lie within ``_WIDTHS``
+# samples, the pulse placed on the error before pitch compensation (which
+# carries dense clicks' copies one period away). No pad at all lost up to
+# 22 dB on files where the pulse was a sample off. Numbers and the variants
+# dropped: bench/results/declick-16k-2026-11-22-vm-session8.md.
 _FULL_BAND_PAD = 1
 
 
