@@ -297,6 +297,21 @@ def _source_rate_f1_and_gain(stage: Declick, clean: np.ndarray, seed: int) -> tu
     return f1, gain_db
 
 
+def _clean_detections_and_planted_bars(corpus, cases: list[tuple[str, int]], min_f1: float,
+                                       min_gain_db: float) -> list[int]:
+    """Detections on each clean 16 kHz file of ``cases`` [(name, seed)]; asserts F1 and gain with 5 clicks/s planted."""
+    stage = Declick()
+    found = []
+    for name, seed in cases:
+        clean = load_speech(corpus / "speech_clean" / name, SOURCE_RATE_HZ)[0].astype(np.float64)
+        clean *= 0.999 / np.abs(clean).max()
+        found.append(len(stage.find(clean, SOURCE_RATE_HZ)[0]))
+        f1, gain_db = _source_rate_f1_and_gain(stage, clean, seed)
+        assert f1 >= min_f1, (name, f1)
+        assert gain_db >= min_gain_db, (name, gain_db)
+    return found
+
+
 @pytest.mark.corpus
 def test_corpus_16_khz_clicks_of_three_and_four_samples_under_the_full_gate(corpus) -> None:
     # At 16 kHz a 3- or 4-sample click corrupts 3-4 samples, more than the
@@ -308,16 +323,8 @@ def test_corpus_16_khz_clicks_of_three_and_four_samples_under_the_full_gate(corp
     # were under the full gate, and the item prior now drops them.
     cases = [("librispeech_251-137823-0003.wav", 1017), ("librispeech_533-1066-0008.flac", 1030),
              ("vctk_p228_008.wav", 1043), ("cmu_arctic_aew_a0003.wav", 1005)]
-    stage = Declick()
-    false_found = 0
-    for name, seed in cases:
-        clean = load_speech(corpus / "speech_clean" / name, SOURCE_RATE_HZ)[0].astype(np.float64)
-        clean *= 0.999 / np.abs(clean).max()
-        false_found += len(stage.find(clean, SOURCE_RATE_HZ)[0])
-        f1, gain_db = _source_rate_f1_and_gain(stage, clean, seed)
-        assert f1 >= 0.95, (name, f1)
-        assert gain_db >= 14.0, (name, gain_db)
-    assert false_found <= 2, false_found
+    false_found = _clean_detections_and_planted_bars(corpus, cases, min_f1=0.95, min_gain_db=14.0)
+    assert sum(false_found) <= 2, false_found
 
 
 
@@ -356,14 +363,7 @@ def test_corpus_16_khz_clicks_inside_loud_speech_of_an_item_with_crackle(corpus)
     # and 0.983, 15.8 and 15.2 dB. The clean files have no crackle and keep
     # no detection.
     cases = [("librispeech_2033-164914-0009.flac", 1014), ("vctk_p225_003.wav", 1033)]
-    stage = Declick()
-    for name, seed in cases:
-        clean = load_speech(corpus / "speech_clean" / name, SOURCE_RATE_HZ)[0].astype(np.float64)
-        clean *= 0.999 / np.abs(clean).max()
-        assert stage.find(clean, SOURCE_RATE_HZ)[0] == [], name
-        f1, gain_db = _source_rate_f1_and_gain(stage, clean, seed)
-        assert f1 >= 0.96, (name, f1)
-        assert gain_db >= 13.0, (name, gain_db)
+    assert _clean_detections_and_planted_bars(corpus, cases, min_f1=0.96, min_gain_db=13.0) == [0, 0]
 
 
 @pytest.mark.corpus
@@ -391,13 +391,5 @@ def test_corpus_16_khz_refill_fitted_to_the_click(corpus) -> None:
     # 14.4 and 14.9 dB. The clean files keep what they kept (none and one
     # detection).
     cases = [("librispeech_3331-159605-0007.flac", 1025), ("vctk_p226_023.wav", 1039)]
-    stage = Declick()
-    false_found = 0
-    for name, seed in cases:
-        clean = load_speech(corpus / "speech_clean" / name, SOURCE_RATE_HZ)[0].astype(np.float64)
-        clean *= 0.999 / np.abs(clean).max()
-        false_found += len(stage.find(clean, SOURCE_RATE_HZ)[0])
-        f1, gain_db = _source_rate_f1_and_gain(stage, clean, seed)
-        assert f1 >= 0.97, (name, f1)
-        assert gain_db >= 12.0, (name, gain_db)
-    assert false_found <= 1, false_found
+    false_found = _clean_detections_and_planted_bars(corpus, cases, min_f1=0.97, min_gain_db=12.0)
+    assert sum(false_found) <= 1, false_found
