@@ -407,8 +407,9 @@ def find_clicks(
     matched = np.zeros(n)  # statistic over its gate, best width
     amplitude = np.zeros(n)  # the largest pulse amplitude of any width
     stats, to_amplitude = _width_statistic(compensated, coefs, block, _WIDTHS)
-    # Where the region is fitted for the refill, the pulse is placed on the error before the pitch compensation.
-    placing = _width_statistic(uncompensated, coefs, block, _WIDTHS)[0] if fit_refill else stats
+    # Where the region is fitted for the refill, the pulse is placed on the error before the pitch compensation;
+    # computed only once a region needs it: a clean item has none.
+    placing = None
     for stat, factor in zip(stats, to_amplitude):
         gate = np.maximum(
             _robust_level(stat, block) * 10 ** ((threshold_db + _SEARCH_DB) / 20),
@@ -499,6 +500,8 @@ def find_clicks(
                                     float(local_rms[peak]), rate_hz, peaks[peaks != peak], refilled)):
             continue
         if fit_refill:
+            if placing is None:
+                placing = _width_statistic(uncompensated, coefs, block, _WIDTHS)[0]
             fits = np.stack([stat[lo:hi] for stat in placing])
             w, t = np.unravel_index(int(np.argmax(fits)), fits.shape)
             first, width = lo + int(t), int(w) + 1
