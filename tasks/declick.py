@@ -221,12 +221,6 @@ _SPARSE_AT_LEAST_FULL_BAND = 3
 _CRACKLE_BAR_DB = 16.0
 _CRACKLE_LEVEL_DB = -8.0
 _REFILLED_AWAY = 2 * _WIDTHS
-# In an item with crackle a candidate within ``_SHORT_DB`` of the full gate
-# whose pulse is within ``_CRACKLE_LEVEL_DB`` of the programme is kept however
-# many samples its core spans: loud clicks inside loud voiced speech widen
-# their own core (9-13 samples on the 16 kHz files looked at). Of the clicks
-# the second look still missed on the tuning files, 79 of 219 were such,
-# against 17 candidates that were no click.
 # Under FULL_BAND_RATE_HZ the refill, not the detector, limited the gain:
 # each sample refilled is a sample of full-band speech lost (refilling exactly
 # the planted samples gave 18-44 dB on six files, with 2 samples either side
@@ -427,7 +421,8 @@ def find_clicks(
     loud = (pulse >= programme * 10 ** (_LOUD_DB / 20)) & (
         pulse >= local_rms * 10 ** (_LOUD_LOCAL_DB / 20)) & (matched > 10 ** (_LOUD_FLOOR_DB / 20))
     crackle_bar = 10 ** (-crackle_db / 20)
-    hits = np.flatnonzero(((matched > min(crackle_bar, 10 ** (-_SHORT_DB / 20))) | loud) & big_error)
+    short_bar = 10 ** (-_SHORT_DB / 20)
+    hits = np.flatnonzero(((matched > min(crackle_bar, short_bar)) | loud) & big_error)
     if hits.size == 0:
         return []
     # Group hits closer than half the predictor order (one click lights up
@@ -456,19 +451,20 @@ def find_clicks(
             start, stop = lo + int(inside[0]) - pad, lo + int(inside[-1]) + 1 + pad
         else:
             start, stop = peak - 2 * pad, peak + 1 + 2 * pad
-        # The most likely pulse near the peak: the largest statistic of any width and start.
         lo, hi = max(0, peak - 2 * _WIDTHS), min(n, peak + 2 * _WIDTHS + 1)
-        fits = np.stack([stat[lo:hi] for stat in stats])  # (widths, samples)
-        w, t = np.unravel_index(int(np.argmax(fits)), fits.shape)
-        first, width = lo + int(t), int(w) + 1
-        size = stats[w][first] * to_amplitude[w][first]  # its least-squares amplitude
+        first, width = _likeliest_pulse(stats, lo, hi)
+        size = stats[width - 1][first] * to_amplitude[width - 1][first]  # its least-squares amplitude
         span = int(inside[-1] - inside[0]) + 1 if inside.size else 0  # the corrupted core's length (samples)
         short_core = bool(inside.size) and (span - 1 < short or (
             full_band and span <= width and size >= programme * 10 ** (_ONSET_LOUD_DB / 20)))
         if (matched[peak] <= 1.0 and not loud[peak]
-                and not (short_core and (crackle_db <= 0.0 or matched[peak] > 10 ** (-_SHORT_DB / 20)))
+                and not (short_core and (crackle_db <= 0.0 or matched[peak] > short_bar))
+                # In an item with crackle a wide core is no objection within the short core's bar:
+                # loud clicks in loud voiced speech widen their own core (9-13 samples at 16 kHz).
+                # Of the clicks the second look still missed on the tuning files, 79 of 219 were
+                # such, against 17 candidates that were no click.
                 and (crackle_db <= 0.0 or matched[peak] <= crackle_bar
-                     or (span > width and matched[peak] <= 10 ** (-_SHORT_DB / 20))
+                     or (span > width and matched[peak] <= short_bar)
                      or abs(size) < programme * 10 ** (_CRACKLE_LEVEL_DB / 20)
                      or _near_refilled(first, refilled))):
             # Under the full threshold only a short corrupted core counts:
@@ -502,9 +498,7 @@ def find_clicks(
         if fit_refill:
             if placing is None:
                 placing = _width_statistic(uncompensated, coefs, block, _WIDTHS)[0]
-            fits = np.stack([stat[lo:hi] for stat in placing])
-            w, t = np.unravel_index(int(np.argmax(fits)), fits.shape)
-            first, width = lo + int(t), int(w) + 1
+            first, width = _likeliest_pulse(placing, lo, hi)
         if stop - start > _WIDTHS + 2 * pad:
             start, stop = first - narrow_pad, first + width + narrow_pad
         elif fit_refill and first < stop + _WIDTHS and first + width > start - _WIDTHS:
@@ -809,6 +803,13 @@ def _has_crackle(scored: list[tuple[int, int, float]], seconds: float, per_minut
     (and ``at_least`` in all) among its scored regions [(start, stop, margin_db)]; never when ``per_minute`` is 0."""
     confident = sum(1 for *_, margin_db in scored if margin_db > 0.0)
     return per_minute > 0 and confident >= max(at_least, per_minute * seconds / 60)
+
+
+def _likeliest_pulse(statistics: list[np.ndarray], lo: int, hi: int) -> tuple[int, int]:
+    """(first sample, width) of the largest statistic in [lo, hi) of any width; ``statistics[w]`` is width w + 1's."""
+    fits = np.stack([stat[lo:hi] for stat in statistics])  # (widths, samples)
+    w, t = np.unravel_index(int(np.argmax(fits)), fits.shape)
+    return lo + int(t), int(w) + 1
 
 
 def _near_refilled(position: int, refilled: list[tuple[int, int]] | None) -> bool:
