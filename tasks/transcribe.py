@@ -57,7 +57,8 @@ _EMPTY_SCORE = -1.5  # an empty transcript: worse than speech decoded with confi
 # Bumped by every release that changes the transcript for the same settings
 # (the view choice, the flags); part of the configuration hash (see
 # ``archivox.tasks.chain.RESTORATION_REVISION``).
-TRANSCRIPTION_REVISION = 1
+# 2: windows that faster-whisper's no-speech rule would skip are kept, flagged.
+TRANSCRIPTION_REVISION = 2
 
 
 @dataclass
@@ -514,6 +515,12 @@ def _run_whisper(handle, audio: np.ndarray, options: TranscribeOptions, language
         beam_size=options.beam_size,
         vad_filter=options.vad,
         word_timestamps=options.word_timestamps,
+        # faster-whisper silently skips a window whose no-speech probability
+        # is high while its text is uncertain; it once cut an utterance's
+        # last four words here. The text is kept and the same rule flags it
+        # ("no_speech"), so a researcher sees the doubt and the choice between
+        # views counts it as bad evidence.
+        no_speech_threshold=None,
     )
     batch = _batch_size(handle, options)
     if batch:

@@ -137,3 +137,21 @@ def test_planted_text_in_silence_and_noise_is_caught(tmp_path):
     false = [s for s in real if s.flags and not any(min(s.end_s, e) - max(s.start_s, b) > 0.5 * (s.end_s - s.start_s) for b, e in gaps)]
     assert caught >= 9, [(s.text, s.flags) for s in planted]
     assert len(false) <= 1, [(s.text, s.flags, s.start_s) for s in false]
+
+
+def test_window_whisper_would_skip_as_silence_is_kept_and_flagged():
+    """faster-whisper drops a window with a high no-speech probability and uncertain text; archivox keeps it, flagged.
+
+    34 s of hiss after a sentence puts a window of its own over hiss alone,
+    where tiny.en's text has a no-speech probability near 1 and a mean
+    log-probability under -1: the window faster-whisper's rule would skip.
+    """
+    tts = pytest.importorskip("archivox.tts")
+    speech = 0.3 * tts.synthesize("The archive keeps every tape it is given.", rate_hz=RATE_HZ)
+    audio16 = to_whisper_input(np.concatenate([speech, white_noise(34.0, level_db=-35.0, seed=1)[0]]), RATE_HZ)
+    options = TranscribeOptions(device="cpu", vad=False, asr_input="restored")
+    transcript, _ = transcribe_candidates({"restored": audio16}, options)
+    speech_end_s = speech.size / RATE_HZ
+    in_hiss = [s for s in transcript.segments if s.start_s > speech_end_s + 1.0]
+    assert in_hiss, [(s.start_s, s.text) for s in transcript.segments]
+    assert all({"no_speech", "in_silence"} & set(s.flags) for s in in_hiss), [(s.text, s.flags) for s in in_hiss]
