@@ -13,7 +13,8 @@ instead of a silent gap. Flags (strings stored in ``Segment.flags``):
 - ``in_silence``: most of the segment's words lie where the Silero VAD heard
   no speech.
 - ``no_speech``: Whisper's own no-speech probability is high while the text is
-  uncertain (the rule Whisper uses to skip a window, applied after the fact).
+  uncertain (the rule Whisper uses to skip a window; archivox decodes with it
+  off and applies it here, so the window's text is kept).
 - ``too_fast``: more text than anyone speaks in the segment's time (over 60
   characters a second; read speech runs at about 15, the fastest at about
   30): a loop that Whisper squeezed into the last fraction of a second.
