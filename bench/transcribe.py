@@ -58,6 +58,11 @@ CONDITIONS = {
 VIEWS = ["raw", "dsp", "denoised", "mix"]
 
 
+def view_options(options: TranscribeOptions, view: str) -> TranscribeOptions:
+    """How one view is decoded: ``raw`` is the anchor, faster-whisper on its own (no-speech windows skipped)."""
+    return replace(options, asr_input="restored", skip_no_speech=view == "raw")
+
+
 def pick_rows(rows: list, n: int, holdout_of: int = 0) -> list:
     """``n`` rows spread evenly over ``rows``; with ``holdout_of``, only from the rows a pick of that many leaves out."""
     if holdout_of:
@@ -232,7 +237,7 @@ def main() -> None:
                 t = time.perf_counter()
                 # One decode per view; the policies below choose among these.
                 results = {
-                    v: transcribe_candidates({"restored": views[v]}, replace(options, asr_input="restored"))[0]
+                    v: transcribe_candidates({"restored": views[v]}, view_options(options, v))[0]
                     for v in all_views
                 }
                 timing["decode_views_s"] += time.perf_counter() - t
@@ -317,7 +322,7 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
             pre, denoised, _, _ = restore_item(degraded)
             audio = {v: to_whisper_input(x, RATE_HZ) for v, x in zip(views, (degraded, pre, denoised))}
             results = {
-                v: transcribe_candidates({"restored": audio[v]}, replace(options, asr_input="restored"))[0] for v in views
+                v: transcribe_candidates({"restored": audio[v]}, view_options(options, v))[0] for v in views
             }
             _store(cache, "long", row, results)
         seconds += results["raw"].duration_s
@@ -551,9 +556,11 @@ def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timin
         "DNSMOS off). Views: `raw` the degraded input; `dsp` the chain's audio entering the denoise stage "
         "(pre_denoise); `restored` the chain's output (after EQ and loudness); `denoised` the audio leaving the "
         "denoise stage (before EQ and loudness); `mixF` observation adding, (1-F) x restored (level-matched) + "
-        "F x dsp. Every view, `raw` included, is decoded with the same model and options "
+        "F x dsp. Every view is decoded with the same model and options "
         f"(beam {options.beam_size}, VAD {'on' if options.vad else 'off'}, word timestamps "
-        f"{'on' if options.word_timestamps else 'off'}, faster-whisper's default temperature fallback).",
+        f"{'on' if options.word_timestamps else 'off'}, faster-whisper's default temperature fallback); `raw`, "
+        "the anchor, with faster-whisper's own no-speech rule on, as faster-whisper decodes by default, the other "
+        "views with it off, as archivox decodes (such text is kept, flagged).",
         f"`archivox`: `transcribe_item`'s default policy (candidates {', '.join(options.candidates)}; best evidence kept: "
         "confidence plus agreement between candidates).",
         "Stages the diagnosis chose, per condition (items): "

@@ -106,6 +106,11 @@ class TranscribeOptions:
     language_window_s: float = 30.0
     language_switch_probability: float = 0.8
     flag: bool = True
+    # True: faster-whisper's own rule drops a window whose no-speech
+    # probability is over 0.6 while its mean log-probability is under -1, as
+    # faster-whisper does by default. False keeps the text, flagged
+    # "no_speech" (an utterance's last words were lost to the rule).
+    skip_no_speech: bool = False
     # Long views are decoded in pieces of at most this length, cut at a quiet
     # moment: faster-whisper holds a whole input's features in memory (about
     # 85 MB a minute with tiny.en), and interviews run for hours.
@@ -515,12 +520,9 @@ def _run_whisper(handle, audio: np.ndarray, options: TranscribeOptions, language
         beam_size=options.beam_size,
         vad_filter=options.vad,
         word_timestamps=options.word_timestamps,
-        # faster-whisper silently skips a window whose no-speech probability
-        # is high while its text is uncertain; it once cut an utterance's
-        # last four words here. The text is kept and the same rule flags it
-        # ("no_speech"), so a researcher sees the doubt and the choice between
-        # views counts it as bad evidence.
-        no_speech_threshold=None,
+        # Kept text is flagged by the same rule, so a researcher sees the
+        # doubt and the choice between views counts it as bad evidence.
+        no_speech_threshold=0.6 if options.skip_no_speech else None,
     )
     batch = _batch_size(handle, options)
     if batch:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -155,3 +157,6 @@ def test_window_whisper_would_skip_as_silence_is_kept_and_flagged():
     in_hiss = [s for s in transcript.segments if s.start_s > speech_end_s + 1.0]
     assert in_hiss, [(s.start_s, s.text) for s in transcript.segments]
     assert all({"no_speech", "in_silence"} & set(s.flags) for s in in_hiss), [(s.text, s.flags) for s in in_hiss]
+    # faster-whisper's default, kept as an option: the window is skipped.
+    skipped, _ = transcribe_candidates({"restored": audio16}, dataclasses.replace(options, skip_no_speech=True))
+    assert skipped.segments and not [s for s in skipped.segments if s.start_s > speech_end_s + 1.0]
