@@ -122,13 +122,15 @@ def find_hum(
     max_drift_hz: float = 1.5,
     max_harmonics: int = 25,
     min_level_db: float = -40.0,
+    max_lone_harmonic: int = 3,
 ) -> HumAnalysis:
     """Look for mains hum with a fundamental in [min_hz, max_hz]. ``audio``: (channels, samples).
 
     Hum counts as found when its strongest line stands ``threshold_db`` above
     the local floor in most frames and the hum together is no more than
     ``-min_level_db`` below the programme's active level (a line 50 dB under
-    the voice is inaudible and not worth a notch).
+    the voice is inaudible and not worth a notch). A single line standing
+    alone counts only up to harmonic ``max_lone_harmonic``.
     """
     x = _analysis_copy(audio, sample_rate_hz)
     times, freqs, spectra = _frame_spectra_db(x)
@@ -171,6 +173,12 @@ def find_hum(
     strongest = float(per_harmonic.max()) if per_harmonic.size else 0.0
     keep = per_harmonic >= harmonic_threshold_db
     found = strongest >= threshold_db and bool(keep.any())
+    if found and keep.sum() == 1 and int(k_all[keep][0]) > max_lone_harmonic:
+        # One steady line fits many fundamentals (270 Hz is the 6th harmonic
+        # of 45 Hz and the 5th of 54 Hz), and mains hum shows at its
+        # fundamental or its first harmonics (120 Hz rectifier hum is the 2nd).
+        # Alone and that high, it is a tone of the programme, not hum.
+        found = False
     harmonics = [int(k) for k in k_all[keep]] if found else []
 
     level = float("-inf")
