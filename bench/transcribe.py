@@ -59,8 +59,14 @@ VIEWS = ["raw", "dsp", "denoised", "mix"]
 
 
 def view_options(options: TranscribeOptions, view: str) -> TranscribeOptions:
-    """How one view is decoded: ``raw`` is the anchor, faster-whisper on its own (no-speech windows skipped)."""
-    return replace(options, asr_input="restored", skip_no_speech=view == "raw")
+    """How one view is decoded: ``raw`` is the anchor, faster-whisper on its own.
+
+    So the anchor skips no-speech windows and gets no second decode of the
+    speech it jumped over; those are archivox's.
+    """
+    anchor = view == "raw"
+    return replace(options, asr_input="restored", skip_no_speech=anchor,
+                   fill_skipped_speech=options.fill_skipped_speech and not anchor)
 
 
 def pick_rows(rows: list, n: int, holdout_of: int = 0) -> list:
@@ -559,8 +565,9 @@ def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timin
         "F x dsp. Every view is decoded with the same model and options "
         f"(beam {options.beam_size}, VAD {'on' if options.vad else 'off'}, word timestamps "
         f"{'on' if options.word_timestamps else 'off'}, faster-whisper's default temperature fallback); `raw`, "
-        "the anchor, with faster-whisper's own no-speech rule on, as faster-whisper decodes by default, the other "
-        "views with it off, as archivox decodes (such text is kept, flagged).",
+        "the anchor, as faster-whisper decodes by default (its own no-speech rule on, no second decode of speech it "
+        "jumped over), the other views as archivox decodes (such text kept and flagged; skipped speech decoded "
+        "again).",
         f"`archivox`: `transcribe_item`'s default policy (candidates {', '.join(options.candidates)}; best evidence kept: "
         "confidence plus agreement between candidates).",
         "Stages the diagnosis chose, per condition (items): "

@@ -58,7 +58,8 @@ _EMPTY_SCORE = -1.5  # an empty transcript: worse than speech decoded with confi
 # (the view choice, the flags); part of the configuration hash (see
 # ``archivox.tasks.chain.RESTORATION_REVISION``).
 # 2: windows that faster-whisper's no-speech rule would skip are kept, flagged.
-TRANSCRIPTION_REVISION = 2
+# 3: speech that a sequential decode skipped over is decoded on its own.
+TRANSCRIPTION_REVISION = 3
 
 
 @dataclass
@@ -111,6 +112,10 @@ class TranscribeOptions:
     # faster-whisper does by default. False keeps the text, flagged
     # "no_speech" (an utterance's last words were lost to the rule).
     skip_no_speech: bool = False
+    # Whisper can jump its timestamps over whole sentences inside a window
+    # (bench: 22 s of a 40 s item lost from one view). Each VAD speech stretch
+    # of 1 s or more that no segment covers by half is decoded on its own.
+    fill_skipped_speech: bool = True
     # Long views are decoded in pieces of at most this length, cut at a quiet
     # moment: faster-whisper holds a whole input's features in memory (about
     # 85 MB a minute with tiny.en), and interviews run for hours.
@@ -453,7 +458,7 @@ def _model_for(options: TranscribeOptions, language: str | None):
 
 def _decode(handle, audio: np.ndarray, options: TranscribeOptions, plan: LanguagePlan) -> Transcript:
     """Decode one view (mono 16 kHz ``(samples,)``), window run by window run, and flag it."""
-    from archivox.tasks.hallucination import flag_segments
+    from archivox.tasks.hallucination import FlagOptions, flag_segments, speech_regions
 
     segments: list[Segment] = []
     runs = plan.runs() or [(0.0, audio.size / WHISPER_RATE_HZ, plan.language)]
@@ -462,19 +467,21 @@ def _decode(handle, audio: np.ndarray, options: TranscribeOptions, plan: Languag
     ]
     for start_s, end_s, lang in pieces:
         piece = audio[int(start_s * WHISPER_RATE_HZ) : int(end_s * WHISPER_RATE_HZ)]
-        for seg in _run_whisper(handle, piece, options, lang):
-            seg.start_s += start_s
-            seg.end_s += start_s
-            for w in seg.words:
-                w.start_s += start_s
-                w.end_s += start_s
+        for seg in _shifted(_run_whisper(handle, piece, options, lang), start_s):
             if len(runs) > 1:
                 seg.language = lang
             segments.append(seg)
+    regions = None
+    if options.flag or options.fill_skipped_speech:
+        flag_options = FlagOptions()
+        regions = speech_regions(audio, flag_options.vad_threshold, flag_options.vad_pad_s)
+    filled = 0
+    if options.fill_skipped_speech:
+        segments, filled = _fill_skipped(handle, audio, segments, regions, options, runs)
     for i, seg in enumerate(segments):
         seg.index = i
     if options.flag:
-        flag_segments(segments, plan.language, audio, window_languages=plan.windows)
+        flag_segments(segments, plan.language, regions=regions, window_languages=plan.windows)
     return Transcript(
         segments=segments,
         language=plan.language,
@@ -483,7 +490,8 @@ def _decode(handle, audio: np.ndarray, options: TranscribeOptions, plan: Languag
         model_name=handle.name,
         model_sha256=handle.sha256,
         candidate="",
-        evidence={"language_detected": plan.detected, "language_windows": [list(w) for w in plan.windows]},
+        evidence={"language_detected": plan.detected, "language_windows": [list(w) for w in plan.windows],
+                  "skipped_speech_filled": filled},
     )
 
 
@@ -520,10 +528,12 @@ def _run_whisper(handle, audio: np.ndarray, options: TranscribeOptions, language
         beam_size=options.beam_size,
         vad_filter=options.vad,
         word_timestamps=options.word_timestamps,
+    )
+    if not options.skip_no_speech:
         # Kept text is flagged by the same rule, so a researcher sees the
         # doubt and the choice between views counts it as bad evidence.
-        no_speech_threshold=0.6 if options.skip_no_speech else None,
-    )
+        # Skipping leaves the threshold to faster-whisper, whose default it is.
+        common["no_speech_threshold"] = None
     batch = _batch_size(handle, options)
     if batch:
         from faster_whisper import BatchedInferencePipeline
@@ -532,11 +542,9 @@ def _run_whisper(handle, audio: np.ndarray, options: TranscribeOptions, language
         segments_iter, _ = BatchedInferencePipeline(handle.model).transcribe(
             audio, batch_size=batch, **{**common, "vad_filter": True}
         )
-        segments = _convert(segments_iter)
-        # The batched pipeline can drop whole stretches of speech when word
-        # timestamps are on (faster-whisper issues #1179, #1427); decode any
-        # VAD speech it left uncovered the sequential way.
-        return _fill_uncovered(handle, audio, segments, common)
+        # It can drop whole stretches of speech when word timestamps are on
+        # (faster-whisper issues #1179, #1427); see ``fill_skipped_speech``.
+        return _convert(segments_iter)
     segments_iter, _ = handle.model.transcribe(audio, **common)
     return _convert(segments_iter)
 
@@ -557,26 +565,41 @@ def _convert(segments_iter) -> list[Segment]:
     ]
 
 
-def _fill_uncovered(handle, audio: np.ndarray, segments: list[Segment], common: dict) -> list[Segment]:
-    """Decode sequentially each VAD speech stretch (> 1 s) that no segment covers by half; merge by time."""
-    from archivox.tasks.hallucination import speech_regions
+def _fill_skipped(handle, audio: np.ndarray, segments: list[Segment], regions: Sequence[tuple[float, float]],
+                  options: TranscribeOptions, runs: Sequence[tuple[float, float, str]]) -> tuple[list[Segment], int]:
+    """Decode sequentially each VAD speech stretch (>= 1 s) that no segment covers by half; merge by time.
 
-    spans = [(s.start_s, s.end_s) for s in segments]
+    Returns the segments and how many stretches were decoded again.
+    """
+    spans = [(s.start_s, s.end_s) for s in segments if s.text.strip()]
+    # The stretch is already VAD speech; one pass, no batching, no filling within.
+    again = dataclasses.replace(options, vad=False, batch_size=0, fill_skipped_speech=False)
     added: list[Segment] = []
-    for start, end in speech_regions(audio):
+    filled = 0
+    for start, end in regions:
         covered = sum(max(0.0, min(end, e) - max(start, s)) for s, e in spans)
         if end - start < 1.0 or covered >= 0.5 * (end - start):
             continue
+        middle = 0.5 * (start + end)
+        language = next((lang for a, b, lang in runs if a <= middle < b), runs[0][2])
         piece = audio[int(start * WHISPER_RATE_HZ) : int(end * WHISPER_RATE_HZ)]
-        segments_iter, _ = handle.model.transcribe(piece, **{**common, "vad_filter": False})
-        for seg in _convert(segments_iter):
-            seg.start_s += start
-            seg.end_s += start
-            for w in seg.words:
-                w.start_s += start
-                w.end_s += start
+        filled += 1
+        for seg in _shifted(_run_whisper(handle, piece, again, language), start):
+            if len(runs) > 1:
+                seg.language = language
             added.append(seg)
-    return sorted(segments + added, key=lambda s: s.start_s) if added else segments
+    return (sorted(segments + added, key=lambda s: s.start_s) if added else segments), filled
+
+
+def _shifted(segments: list[Segment], offset_s: float) -> list[Segment]:
+    """Segments decoded from a piece starting at ``offset_s``, moved (in place) onto the item's clock."""
+    for seg in segments:
+        seg.start_s += offset_s
+        seg.end_s += offset_s
+        for w in seg.words:
+            w.start_s += offset_s
+            w.end_s += offset_s
+    return segments
 
 
 def _batch_size(handle, options: TranscribeOptions) -> int:
@@ -656,6 +679,7 @@ def choose(results: Mapping[str, Transcript], agreement_weight: float = 0.5, by:
                 "flagged_segments": sum(1 for s in t.segments if s.flags),
                 "mean_no_speech_prob": _mean([s.no_speech_prob for s in t.segments]),
                 "max_compression_ratio": max((s.compression_ratio for s in t.segments), default=0.0),
+                "skipped_speech_filled": int(t.evidence.get("skipped_speech_filled", 0)),
             }
             for n, t in results.items()
         },

@@ -119,19 +119,45 @@ def test_manifest_language_codes_are_normalised():
         whisper_language("klingon")
 
 
-def test_batched_decoding_and_its_safety_net(tmp_path):
-    from archivox.tasks.transcribe import _fill_uncovered
-
+def test_batched_decoding(tmp_path):
     speech = _tts(SENTENCE, rate_hz=16_000)
     audio = np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(8000, np.float32)]).astype(np.float32)
     batched = transcribe_item({"restored": _write(tmp_path / "b.wav", audio[None, :], 16_000)},
                               TranscribeOptions(device="cpu", batch_size=4))
     assert word_error_rate(batched.text(), SENTENCE) <= 0.25, batched.text()
-    # Speech the batched pipeline returned nothing for is decoded again, at its own time.
+
+
+SECOND = "Each reel was copied to a new drive before anyone played it again."
+
+
+def test_speech_a_decode_skipped_is_decoded_again_at_its_time(tmp_path):
+    """Whisper can jump over whole sentences; the VAD stretch left uncovered is decoded on its own."""
+    from archivox.tasks.hallucination import speech_regions
+    from archivox.tasks.transcribe import _fill_skipped
+
+    first, second = _tts(SENTENCE, rate_hz=16_000), _tts(SECOND, rate_hz=16_000)
+    gap = np.zeros(16_000, np.float32)
+    audio = np.concatenate([gap, first, gap, second, gap]).astype(np.float32)
+    second_start_s = (2 * gap.size + first.size) / 16_000
+    path = _write(tmp_path / "two.wav", audio[None, :], 16_000)
+    options = TranscribeOptions(device="cpu", asr_input="restored")
+    whole = transcribe_item({"restored": path}, options)
+    # An ordinary decode covers its speech: nothing is decoded twice.
+    assert whole.evidence["skipped_speech_filled"] == 0
+    assert word_error_rate(whole.text(), f"{SENTENCE} {SECOND}") <= 0.25, whole.text()
+
+    # The decode as it looks when Whisper jumped over the second sentence.
+    kept = [s for s in whole.segments if s.end_s < second_start_s]
+    assert kept and len(kept) < len(whole.segments)
     handle = load_whisper("tiny.en", device="cpu")
-    filled = _fill_uncovered(handle, audio, [], dict(language="en", beam_size=5, word_timestamps=True))
-    assert word_error_rate(" ".join(s.text for s in filled), SENTENCE) <= 0.25
-    assert filled[0].start_s == pytest.approx(0.5, abs=0.4)
+    runs = [(0.0, audio.size / 16_000, "en")]
+    segments, filled = _fill_skipped(handle, audio, kept, speech_regions(audio), options, runs)
+    assert filled == 1
+    added = segments[len(kept):]
+    assert word_error_rate(" ".join(s.text for s in added), SECOND) <= 0.25, [s.text for s in added]
+    assert added[0].start_s == pytest.approx(second_start_s, abs=0.5)
+    assert all(w.start_s >= second_start_s - 0.5 for s in added for w in s.words)
+    assert segments[: len(kept)] == kept
 
 
 def test_quiet_cuts_fall_in_pauses_and_cover_the_span():
