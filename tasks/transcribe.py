@@ -58,7 +58,7 @@ _EMPTY_SCORE = -1.5  # an empty transcript: worse than speech decoded with confi
 # (the view choice, the flags); part of the configuration hash (see
 # ``archivox.tasks.chain.RESTORATION_REVISION``).
 # 2: windows that faster-whisper's no-speech rule would skip are kept, flagged.
-# 3: speech that a sequential decode skipped over is decoded on its own.
+# 3: VAD speech that a decode jumped over is decoded again on its own.
 TRANSCRIPTION_REVISION = 3
 
 
