@@ -155,6 +155,8 @@ def main() -> None:
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--mix-fractions", default="0.3", help="observation-adding fractions to compare")
+    ap.add_argument("--candidates", default=None,
+                    help="comma-separated views archivox chooses among (default: TranscribeOptions' own)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/archivox-bench-transcribe"),
                     help="where per-view transcripts are kept between runs (policies can then be compared without decoding again)")
     ap.add_argument("--flag-minutes", type=float, default=6.0,
@@ -188,6 +190,8 @@ def main() -> None:
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     fractions = [float(f) for f in args.mix_fractions.split(",")]
     options = TranscribeOptions(model=args.model, device=args.device)
+    if args.candidates:
+        options = replace(options, candidates=tuple(c.strip() for c in args.candidates.split(",") if c.strip()))
     all_views = ["raw", "dsp", "restored", "denoised"] + [f"mix{f:g}" for f in fractions]
 
     def wer(refs, hyps):
@@ -213,6 +217,7 @@ def main() -> None:
     view_of = {"mix": f"mix{options.mix_fraction:g}", "pre_denoise": "dsp", "restored": "restored",
                "denoised": "denoised", "original": "raw"}
     policies = {
+        "denoised+dsp": ("denoised", "pre_denoise"),
         "restored+dsp": ("restored", "pre_denoise"),
         "denoised+mix": ("denoised", "mix"),
         "denoised+dsp+restored": ("denoised", "pre_denoise", "restored"),
@@ -302,8 +307,12 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
     step = max(1, n // max(len(conditions), 1))
     rng = np.random.default_rng(7)
     cache = args.cache / args.model.replace("/", "_") / "long" if args.cache else None
-    views = ("raw", "dsp", "denoised")
-    policies = ("raw", "dsp", "denoised", "item", "stretch")
+    views = ("raw", "dsp", "denoised", "mix")
+    view_of = {"original": "raw", "pre_denoise": "dsp", "denoised": "denoised", "mix": "mix"}
+    missing = [c for c in options.candidates if c not in view_of]
+    if missing:
+        raise SystemExit(f"the long items decode no {missing} view; give candidates among {sorted(view_of)}")
+    policies = ("raw", "dsp", "denoised", "mix", "item", "stretch")
     hyps: dict[str, list[str]] = {k: [] for k in policies}
     # Per condition: the utterances' references and each policy's words inside their spans.
     by_cond = {c: {"refs": [], **{k: [] for k in policies}} for c in conditions}
@@ -325,14 +334,15 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
             for i, cond in members:
                 parts += [degrade(speech[i], cond, noises[i % len(noises)], seed=1000 + i), quiet]
             degraded = np.concatenate(parts)
-            pre, denoised, _, _ = restore_item(degraded)
+            pre, denoised, restored, _ = restore_item(degraded)
             audio = {v: to_whisper_input(x, RATE_HZ) for v, x in zip(views, (degraded, pre, denoised))}
+            audio["mix"] = observation_mix(to_whisper_input(restored, RATE_HZ), audio["dsp"], options.mix_fraction)
             results = {
                 v: transcribe_candidates({"restored": audio[v]}, view_options(options, v))[0] for v in views
             }
             _store(cache, "long", row, results)
         seconds += results["raw"].duration_s
-        pair = {"denoised": results["denoised"], "pre_denoise": results["dsp"]}
+        pair = {c: results[view_of[c]] for c in options.candidates}
         by_stretch = choose({c: _copy(t) for c, t in pair.items()}, by="stretch")
         picked = {**{v: results[v] for v in views},
                   "item": choose({c: _copy(t) for c, t in pair.items()}, by="item"), "stretch": by_stretch}
@@ -358,21 +368,24 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
         "restores an item, and each view is decoded whole. WER in %, all items pooled; per condition, each "
         "utterance is scored on the words (word timestamps) whose middle falls inside its span.",
         "",
-        "| condition | raw | dsp | denoised | archivox, one view per item | archivox, view chosen per stretch (default) "
-        "| per stretch / raw |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"archivox chooses among {', '.join(options.candidates)}.",
+        "",
+        "| condition | raw | dsp | denoised | mix | archivox, one view per item "
+        "| archivox, view chosen per stretch (default) | per stretch / raw |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     cond_w = {}
     for cond in conditions:
         cw = {key: wer(by_cond[cond]["refs"], by_cond[cond][key]) for key in policies}
         cond_w[cond] = cw
-        lines.append(f"| {cond} | {cw['raw']:.1f} | {cw['dsp']:.1f} | {cw['denoised']:.1f} | {cw['item']:.1f} "
+        lines.append(f"| {cond} | {cw['raw']:.1f} | {cw['dsp']:.1f} | {cw['denoised']:.1f} | {cw['mix']:.1f} | {cw['item']:.1f} "
                      f"| **{cw['stretch']:.1f}** | {cw['stretch'] / cw['raw']:.2f} |")
     mean = {key: float(np.mean([cw[key] for cw in cond_w.values()])) for key in policies}
     lines += [
-        f"| mean over conditions | {mean['raw']:.1f} | {mean['dsp']:.1f} | {mean['denoised']:.1f} | {mean['item']:.1f} "
+        f"| mean over conditions | {mean['raw']:.1f} | {mean['dsp']:.1f} | {mean['denoised']:.1f} | {mean['mix']:.1f} "
+        f"| {mean['item']:.1f} "
         f"| **{mean['stretch']:.1f}** | {mean['stretch'] / mean['raw']:.2f} |",
-        f"| whole items pooled | {w['raw']:.1f} | {w['dsp']:.1f} | {w['denoised']:.1f} | {w['item']:.1f} "
+        f"| whole items pooled | {w['raw']:.1f} | {w['dsp']:.1f} | {w['denoised']:.1f} | {w['mix']:.1f} | {w['item']:.1f} "
         f"({w['item'] / w['raw']:.2f}x raw) | **{w['stretch']:.1f}** ({w['stretch'] / w['raw']:.2f}x raw) | "
         f"{w['stretch'] / w['raw']:.2f} |",
         "",

@@ -91,7 +91,7 @@ def test_catalog_records_every_stage_segment_word_and_the_run(first_run):
     segments, words = catalog.read("segments"), catalog.read("words")
     assert set(segments["item_id"]) == ok_ids and len(words) > len(segments)
     # Each segment names the view it was read from; the item row names the views used.
-    assert set(segments["candidate"]) <= {"denoised", "pre_denoise", "restored"}
+    assert set(segments["candidate"]) <= {"denoised", "pre_denoise", "mix", "restored"}
     for row in items[items["status"] == "ok"].itertuples():
         used = set(segments.loc[segments["item_id"] == row.item_id, "candidate"])
         assert used and set(row.asr_candidate.split("+")) == used

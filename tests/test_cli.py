@@ -6,7 +6,10 @@ import json
 
 import soundfile as sf
 
-from archivox.cli import main
+import pytest
+
+from archivox.cli import _run_options, build_parser, main
+from archivox.errors import ConfigError
 from archivox.manifest import read_manifest
 from signals import RATE_HZ, tone
 
@@ -68,3 +71,13 @@ def test_bracketed_names_and_long_errors_print_as_written(tmp_path, capsys):
     assert f"--out {deep} is the archive root; choose an output folder" in err
     assert main(["run", str(source), "--root", str(deep), "--out", str(deep / "restored")]) == 2
     assert "is inside the archive root" in capsys.readouterr().err
+
+
+def test_run_chooses_the_transcript_among_the_views_asked_for():
+    def options(*extra):
+        return _run_options(build_parser().parse_args(["run", "m.csv", "--out", "o", *extra])).transcribe
+
+    assert options().candidates == ("denoised", "pre_denoise", "mix")
+    assert options("--asr-views", "denoised, pre_denoise").candidates == ("denoised", "pre_denoise")
+    with pytest.raises(ConfigError, match="candidates=.*'raw'"):
+        options("--asr-views", "denoised,raw")
