@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import soundfile as sf
-
 import pytest
+import soundfile as sf
 
 from archivox.cli import _run_options, build_parser, main
 from archivox.errors import ConfigError
