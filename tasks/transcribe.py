@@ -37,7 +37,7 @@ import re
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -575,14 +575,13 @@ def _fill_skipped(handle, audio: np.ndarray, segments: list[Segment], regions: S
 
     Returns the segments and how many stretches were decoded again.
     """
-    spans = [(s.start_s, s.end_s) for s in segments if s.text.strip()]
+    coverage = SpanCoverage((s.start_s, s.end_s) for s in segments if s.text.strip())
     # The stretch is already VAD speech; one pass, no batching, no filling within.
     again = dataclasses.replace(options, vad=False, batch_size=0, fill_skipped_speech=False)
     added: list[Segment] = []
     filled = 0
     for start, end in regions:
-        covered = sum(max(0.0, min(end, e) - max(start, s)) for s, e in spans)
-        if end - start < 1.0 or covered >= 0.5 * (end - start):
+        if end - start < 1.0 or coverage.seconds_within(start, end) >= 0.5 * (end - start):
             continue
         middle = 0.5 * (start + end)
         language = next((lang for a, b, lang in runs if a <= middle < b), runs[0][2])
@@ -593,6 +592,35 @@ def _fill_skipped(handle, audio: np.ndarray, segments: list[Segment], regions: S
                 seg.language = language
             added.append(seg)
     return (sorted(segments + added, key=lambda s: s.start_s) if added else segments), filled
+
+
+class SpanCoverage:
+    """The union of time spans, asked how much of it lies in [start_s, end_s).
+
+    A 3-hour interview has thousands of segments and VAD regions; summing
+    every span for every region was quadratic. Overlapping spans (candidates'
+    segments can overlap at their edges) count once.
+    """
+
+    def __init__(self, spans: Iterable[tuple[float, float]]):
+        merged: list[list[float]] = []
+        for start, end in sorted((float(a), float(b)) for a, b in spans if b > a):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        self.starts = [a for a, _ in merged]
+        self.ends = [b for _, b in merged]
+
+    def seconds_within(self, start_s: float, end_s: float) -> float:
+        import bisect
+
+        total = 0.0
+        i = bisect.bisect_right(self.ends, start_s)  # first union span ending after start_s
+        while i < len(self.starts) and self.starts[i] < end_s:
+            total += min(end_s, self.ends[i]) - max(start_s, self.starts[i])
+            i += 1
+        return total
 
 
 def _shifted(segments: list[Segment], offset_s: float) -> list[Segment]:

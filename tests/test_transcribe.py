@@ -130,6 +130,21 @@ def test_batched_decoding(tmp_path):
 SECOND = "Each reel was copied to a new drive before anyone played it again."
 
 
+def test_span_coverage_counts_overlapping_spans_once():
+    from archivox.tasks.transcribe import SpanCoverage
+
+    coverage = SpanCoverage([(4.0, 6.0), (0.0, 1.0), (0.5, 2.0), (9.0, 9.0)])
+    assert coverage.seconds_within(0.0, 10.0) == pytest.approx(4.0)  # [0, 2) and [4, 6)
+    assert coverage.seconds_within(1.5, 4.5) == pytest.approx(1.0)
+    assert coverage.seconds_within(2.0, 4.0) == 0.0
+    assert coverage.seconds_within(5.0, 5.5) == pytest.approx(0.5)
+    assert SpanCoverage([]).seconds_within(0.0, 1.0) == 0.0
+    # Thousands of segments against thousands of regions stay fast (was quadratic); each window
+    # holds 1 s of two spans, the last window only of one.
+    many = SpanCoverage((i * 3.0, i * 3.0 + 2.0) for i in range(20_000))
+    assert sum(many.seconds_within(i * 3.0 + 1.0, i * 3.0 + 4.0) for i in range(20_000)) == pytest.approx(39_999.0)
+
+
 def test_speech_a_decode_skipped_is_decoded_again_at_its_time(tmp_path):
     """Whisper can jump over whole sentences; the VAD stretch left uncovered is decoded on its own."""
     from archivox.tasks.hallucination import speech_regions
