@@ -277,26 +277,55 @@ def asr_view_loaders(
     all of them.
     """
     wanted = list(options.candidates) if options.asr_input == "auto" else [options.asr_input]
-
-    def read(name: str) -> np.ndarray:
-        value = sources[name]
-        return value if isinstance(value, np.ndarray) else load_audio_16k(Path(value))
-
-    loaders: dict[str, Callable[[], np.ndarray]] = {}
+    reads: dict[str, list[str]] = {}  # view -> the sources its loader reads
+    makers: dict[str, Callable[[], np.ndarray]] = {}
     for name in wanted:
         if name == "denoised" and "denoised" not in sources:
             if "pre_denoise" in sources:
-                loaders["denoised"] = lambda: denoise_for_asr(sources["pre_denoise"], options.device)
+                reads[name] = []  # denoise_for_asr reads the file at its own rate
+                makers[name] = lambda: denoise_for_asr(sources["pre_denoise"], options.device)
         elif name == "mix":
             if "pre_denoise" in sources:
-                loaders["mix"] = lambda: observation_mix(read("restored"), read("pre_denoise"), options.mix_fraction)
+                reads[name] = ["restored", "pre_denoise"]
+                makers[name] = lambda: observation_mix(
+                    shared.read("mix", "restored"), shared.read("mix", "pre_denoise"), options.mix_fraction
+                )
         elif name in sources:
-            loaders[name] = lambda name=name: read(name)
-    if not loaders:
+            reads[name] = [name]
+            makers[name] = lambda name=name: shared.read(name, name)
+    if not makers:
         # Without a denoise stage there is no pre-denoise audio: the restored
         # audio then is the DSP-only view already.
-        loaders["restored"] = lambda: read("restored")
-    return loaders
+        reads["restored"] = ["restored"]
+        makers["restored"] = lambda: shared.read("restored", "restored")
+    shared = _SharedReads(sources, reads)
+    return makers
+
+
+class _SharedReads:
+    """A source file read once for two views decoded one after the other.
+
+    The pre-denoise audio is a view of its own and half of the mix, and
+    reading and resampling a 3-hour file costs tens of seconds. An array is
+    kept only when the next view reads it too, so that views further apart
+    never hold two files in memory through a decode.
+    """
+
+    def __init__(self, sources: Mapping[str, Path | np.ndarray], reads: Mapping[str, Sequence[str]]):
+        self.sources = sources
+        self.reads = dict(reads)
+        self.order = list(reads)
+        self.kept: dict[str, np.ndarray] = {}
+
+    def read(self, view: str, name: str) -> np.ndarray:
+        audio = self.kept.pop(name, None)
+        if audio is None:
+            value = self.sources[name]
+            audio = value if isinstance(value, np.ndarray) else load_audio_16k(Path(value))
+        at = self.order.index(view)
+        if at + 1 < len(self.order) and name in self.reads[self.order[at + 1]]:
+            self.kept[name] = audio
+        return audio
 
 
 def denoise_for_asr(source: Path | np.ndarray, device: str = "auto", rate_hz: int = WHISPER_RATE_HZ) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -166,6 +168,30 @@ def test_denoised_view_is_made_from_pre_denoise_unless_the_item_has_one(tmp_path
     assert set(results) == {"denoised", "pre_denoise", "mix"}
     assert chosen.candidate and set(chosen.candidate.split("+")) <= set(results)
     assert word_error_rate(chosen.text(), TEXT) <= 0.3, chosen.text()
+
+
+def test_a_file_two_views_read_in_a_row_is_read_once(tmp_path, monkeypatch):
+    import archivox.tasks.transcribe as transcribe
+
+    files = {}
+    for i, name in enumerate(("restored", "pre_denoise", "denoised")):
+        files[name] = tmp_path / f"{name}.wav"
+        sf.write(str(files[name]), white_noise(2.0, level_db=-30.0, seed=i, rate_hz=16_000)[0], 16_000)
+    reads: list[str] = []
+    real = transcribe.load_audio_16k
+    monkeypatch.setattr(transcribe, "load_audio_16k", lambda path: reads.append(Path(path).stem) or real(path))
+
+    # The default order: the pre-denoise view, then the mix, which reads it again.
+    views = asr_views(files, TranscribeOptions())
+    assert sorted(reads) == ["denoised", "pre_denoise", "restored"]
+    expected_mix = observation_mix(real(files["restored"]), real(files["pre_denoise"]), 0.3)
+    assert np.allclose(views["mix"], expected_mix)
+    assert np.allclose(views["pre_denoise"], real(files["pre_denoise"]))
+
+    # A view in between: the file is let go and read again, so no two files wait through a decode.
+    reads.clear()
+    asr_views(files, TranscribeOptions(candidates=("pre_denoise", "denoised", "mix")))
+    assert sorted(reads) == ["denoised", "pre_denoise", "pre_denoise", "restored"]
 
 
 def test_views_are_decoded_one_at_a_time(tmp_path):
