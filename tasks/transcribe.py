@@ -32,9 +32,10 @@ files (any rate, any channel count) are mixed down and resampled here.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import math
 import re
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -627,29 +628,33 @@ class SpanCoverage:
     """The union of time spans, asked how much of it lies in [start_s, end_s).
 
     A 3-hour interview has thousands of segments and VAD regions; summing
-    every span for every region was quadratic. Overlapping spans (candidates'
-    segments can overlap at their edges) count once.
+    every span for every region was quadratic. Spans that overlap (a decode's
+    segments can, at their edges) count once.
     """
 
     def __init__(self, spans: Iterable[tuple[float, float]]):
-        merged: list[list[float]] = []
-        for start, end in sorted((float(a), float(b)) for a, b in spans if b > a):
-            if merged and start <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], end)
-            else:
-                merged.append([start, end])
+        merged = merged_spans(spans)
         self.starts = [a for a, _ in merged]
         self.ends = [b for _, b in merged]
 
     def seconds_within(self, start_s: float, end_s: float) -> float:
-        import bisect
-
         total = 0.0
-        i = bisect.bisect_right(self.ends, start_s)  # first union span ending after start_s
+        i = bisect.bisect_right(self.ends, start_s)  # the first span ending after start_s
         while i < len(self.starts) and self.starts[i] < end_s:
             total += min(end_s, self.ends[i]) - max(start_s, self.starts[i])
             i += 1
         return total
+
+
+def merged_spans(spans: Iterable[tuple[float, float]], join_gap_s: float = 0.0) -> list[tuple[float, float]]:
+    """Time spans sorted and joined where they overlap or lie less than ``join_gap_s`` apart."""
+    merged: list[list[float]] = []
+    for start, end in sorted((float(a), float(b)) for a, b in spans):
+        if merged and start < merged[-1][1] + join_gap_s:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
 
 
 def _shifted(segments: list[Segment], offset_s: float) -> list[Segment]:
@@ -766,14 +771,8 @@ def choose(results: Mapping[str, Transcript], agreement_weight: float = 0.5, by:
 
 def _stretches(results: Mapping[str, Transcript], min_pause_s: float) -> list[tuple[float, float]]:
     """Time spans covered by some candidate's spoken segment, split where all of them pause."""
-    spans = sorted((s.start_s, s.end_s) for t in results.values() for s in t.segments if s.text.strip())
-    merged: list[list[float]] = []
-    for start, end in spans:
-        if merged and start < merged[-1][1] + min_pause_s:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [(a, b) for a, b in merged]
+    return merged_spans(((s.start_s, s.end_s) for t in results.values() for s in t.segments if s.text.strip()),
+                        join_gap_s=min_pause_s)
 
 
 def _choose_stretches(results: Mapping[str, Transcript], stretches: list[tuple[float, float]],
