@@ -98,7 +98,8 @@ class TranscribeOptions:
     # Since transcription revision 3 the mix as third view gains on both sets
     # (0.82 -> 0.80 and 0.87 -> 0.82 of raw's WER) for a third decode; the
     # restored file read worse than any of them, and word-level merging
-    # (ROVER) or rescoring each reading under every view gained nothing.
+    # (ROVER), rescoring each reading under every view, or decoding the views
+    # jointly (their token log-probabilities averaged, session 12) gained nothing.
     candidates: tuple[str, ...] = ("denoised", "pre_denoise", "mix")
     # "stretch": the choice is made anew for each stretch between pauses that
     # all candidates share (an interview's noise changes); "item": one
