@@ -96,7 +96,9 @@ class TranscribeOptions:
     # denoise stage already keeps 25 % of its input), the DSP-only audio, and
     # the observation-adding mix, with agreement between the three counted.
     # Since transcription revision 3 the mix as third view gains on both sets
-    # (0.82 -> 0.80 and 0.87 -> 0.82 of raw's WER) for a third decode; the
+    # (0.82 -> 0.80 and 0.87 -> 0.82 of raw's WER) for a third decode, though
+    # on all 169 untuned utterances only 0.865 -> 0.862, worse in no condition
+    # by more than 0.3 points (bench/results, session 13); the
     # restored file read worse than any of them, and word-level merging
     # (ROVER), rescoring each reading under every view, or decoding the views
     # jointly (their token log-probabilities averaged, session 12) gained nothing.
