@@ -154,8 +154,9 @@ def main() -> None:
                     help="pick the --n utterances among those that a run with --n HOLDOUT_OF does not use "
                          "(a tuning set disjoint from the reported one)")
     ap.add_argument("--all-but-tuning", action="store_true",
-                    help="every utterance except the tuning set (--n 24 --holdout-of 43), for the widest "
-                         "measurement that the choice policy was not tuned on")
+                    help=f"every utterance except the tuning set (--n {TUNING_SET[0]} --holdout-of {TUNING_SET[1]}), "
+                         "for the widest measurement that the choice policy was not tuned on; --n and --holdout-of "
+                         "are then ignored")
     ap.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated condition names")
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--device", default="auto")
