@@ -36,8 +36,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from signals import clicks, corpus_dir, hum  # noqa: E402
 
+from archivox.tasks.dehum import active_level_db  # noqa: E402
 from archivox.tasks.transcribe import (  # noqa: E402
-    TranscribeOptions, Transcript, choose, observation_mix, to_whisper_input, transcribe_candidates,
+    QUIET_INPUT_TARGET_DBFS, TranscribeOptions, Transcript, choose, observation_mix, to_whisper_input,
+    transcribe_candidates,
 )
 
 RATE_HZ = 48_000
@@ -63,12 +65,13 @@ TUNING_SET = (24, 43)
 def view_options(options: TranscribeOptions, view: str) -> TranscribeOptions:
     """How one view is decoded: ``raw`` is the anchor, faster-whisper on its own.
 
-    So the anchor skips no-speech windows and gets no second decode of the
-    speech it jumped over; those are archivox's.
+    So the anchor skips no-speech windows, gets no second decode of the
+    speech it jumped over and is decoded at its own level; those are archivox's.
     """
     anchor = view == "raw"
     return replace(options, asr_input="restored", skip_no_speech=anchor,
-                   fill_skipped_speech=options.fill_skipped_speech and not anchor)
+                   fill_skipped_speech=options.fill_skipped_speech and not anchor,
+                   quiet_input_dbfs=None if anchor else options.quiet_input_dbfs)
 
 
 def pick_rows(rows: list, n: int, holdout_of: int = 0) -> list:
@@ -174,6 +177,11 @@ def main() -> None:
     ap.add_argument("--long-only", action="store_true", help="measure only the long items")
     ap.add_argument("--flags-only", action="store_true",
                     help="only count hallucination flags on --flag-minutes of clean speech (all of it: --flag-minutes 30)")
+    ap.add_argument("--transfer-level-dbfs", type=float, default=None,
+                    help="scale each degraded utterance to this active level before restoring and decoding it "
+                         "(a quiet or hot transfer); single utterances only, not the long items")
+    ap.add_argument("--quiet-input-dbfs", default=None,
+                    help="TranscribeOptions.quiet_input_dbfs for archivox's views ('none': decode at their own level)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -202,6 +210,9 @@ def main() -> None:
     options = TranscribeOptions(model=args.model, device=args.device)
     if args.candidates:
         options = replace(options, candidates=tuple(c.strip() for c in args.candidates.split(",") if c.strip()))
+    if args.quiet_input_dbfs is not None:
+        lift = None if args.quiet_input_dbfs.lower() == "none" else float(args.quiet_input_dbfs)
+        options = replace(options, quiet_input_dbfs=lift)
     all_views = ["raw", "dsp", "restored", "denoised"] + [f"mix{f:g}" for f in fractions]
 
     def wer(refs, hyps):
@@ -239,15 +250,23 @@ def main() -> None:
     timing = {"restore_s": 0.0, "decode_views_s": 0.0, "views_decoded": 0}
     stages_run: dict[str, dict[str, int]] = {}
     cache = args.cache / args.model.replace("/", "_") if args.cache else None
+    if cache is not None and args.transfer_level_dbfs is not None:
+        cache = cache / f"level{args.transfer_level_dbfs:g}"
+    if cache is not None and options.quiet_input_dbfs != TranscribeOptions().quiet_input_dbfs:
+        cache = cache / f"lift{options.quiet_input_dbfs}"
     for cond in conditions:
         hyps = {v: [] for v in all_views}
         chosen = {name: [] for name in policies}
         default_hyps = []
         winners: dict[str, int] = {}
+        lifted: dict[str, int] = {}
         for i, (s, row) in enumerate(zip(speech, rows)):
             results = _cached(cache, cond, row, all_views + ["stages"])
             if results is None:
                 degraded = degrade(s, cond, noises[i % len(noises)], seed=1000 + i)
+                if args.transfer_level_dbfs is not None:
+                    level = active_level_db(degraded[None], RATE_HZ)
+                    degraded = degraded * np.float32(10 ** ((args.transfer_level_dbfs - level) / 20))
                 t = time.perf_counter()
                 pre, denoised, restored, names = restore_item(degraded)
                 timing["restore_s"] += time.perf_counter() - t
@@ -271,6 +290,8 @@ def main() -> None:
                 stages_run[cond][name] += 1
             for v in all_views:
                 hyps[v].append(results[v].text())
+                if results[v].evidence.get("input_gain_db"):
+                    lifted[v] = lifted.get(v, 0) + 1
             for name, cands in list(policies.items()) + [("default", options.candidates)]:
                 pick_tr = choose({c: _copy(results[view_of[c]]) for c in cands}, by=options.choose_by)
                 (default_hyps if name == "default" else chosen[name]).append(pick_tr.text())
@@ -281,6 +302,8 @@ def main() -> None:
         table.append((cond, w, winners))
         policy_rows.append((cond, {k: wer(refs, v) for k, v in chosen.items()}))
         print(cond, {k: round(v, 1) for k, v in w.items()}, winners, flush=True)
+        if lifted:
+            print(f"  views raised to {QUIET_INPUT_TARGET_DBFS:g} dBFS before decoding (quiet_input_dbfs): {lifted}", flush=True)
 
     lines = _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timing, stages_run,
                     asr_seconds, options)
@@ -577,7 +600,10 @@ def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timin
         "Command: `python bench/transcribe.py "
         + ("--all-but-tuning" if args.all_but_tuning else f"--n {args.n}")
         + (f" --holdout-of {args.holdout_of}" if args.holdout_of and not args.all_but_tuning else "")
-        + f" --mix-fractions {args.mix_fractions}`",
+        + f" --mix-fractions {args.mix_fractions}"
+        + (f" --transfer-level-dbfs {args.transfer_level_dbfs:g}" if args.transfer_level_dbfs is not None else "")
+        + (f" --quiet-input-dbfs {args.quiet_input_dbfs}" if args.quiet_input_dbfs is not None else "")
+        + "`",
         "",
         f"{len(rows)} corpus read-speech utterances ({audio_s:.0f} s, {len(set(r['source_repo'] for r in rows))} sources), "
         f"each degraded per condition with a corpus noise clip (cycled over {len(NOISES)}), 50 Hz hum with harmonics, "

@@ -8,7 +8,9 @@ it loads a CUDA denoiser, never after.
 
 The handle takes audio at any rate and channel count, resamples to the
 model's 48 kHz (each channel enhanced on its own), and returns audio at the
-input's rate and length, aligned sample for sample with it.
+input's rate and length, aligned sample for sample with it. It also brings
+the model's input into the level range the model works in and undoes that
+gain afterwards, so that a quiet transfer is denoised as well as a loud one.
 """
 
 from __future__ import annotations
@@ -28,12 +30,50 @@ _lock = threading.Lock()
 _loaded: dict[tuple[str, str], "Denoiser"] = {}
 
 
+# DeepFilterNet3 judges speech partly by its absolute level: with speech
+# whose active level is under about -40 dBFS its local-SNR estimate falls
+# towards -15 dB, and under about -45 dBFS it mutes whole utterances as
+# noise; loud input (over about -12 dBFS) costs it a little too. On real
+# speech its output is the same anywhere in this range
+# (bench/results/denoise-level-2026-11-22-vm-session15.md).
+DFN3_INPUT_LEVEL_DBFS = (-30.0, -16.0)
+# No gain beyond this: a near-silent item (dither, a blank tape) is not worth
+# lifting into the model's range.
+MAX_INPUT_GAIN_DB = 50.0
+
+
 @dataclass
 class DenoiseOutput:
-    """``audio``: (channels, samples) float32 at the input rate; ``lsnr_db``: (channels, frames), 10 ms frames."""
+    """``audio``: (channels, samples) float32 at the input rate; ``lsnr_db``: (channels, frames), 10 ms frames.
+
+    ``input_gain_db``: the gain applied to the model's input (and undone on
+    its output) to bring it into the model's level range; 0 when it was in it.
+    """
 
     audio: np.ndarray
     lsnr_db: np.ndarray
+    input_gain_db: float = 0.0
+
+
+def input_gain_db(audio: np.ndarray, sample_rate_hz: int, level_range_dbfs: tuple[float, float] | None) -> float:
+    """Gain (dB) that brings the loudest channel's active level into ``level_range_dbfs``.
+
+    ``audio``: (channels, samples). One gain for all channels keeps their
+    balance; 0 for silence, for audio already in range, or with no range.
+    """
+    if level_range_dbfs is None or audio.size == 0:
+        return 0.0
+    from archivox.tasks.dehum import active_level_db
+
+    low, high = level_range_dbfs
+    level = max(active_level_db(channel[None], sample_rate_hz) for channel in audio)
+    if not np.isfinite(level) or level <= -200.0:
+        return 0.0
+    if level < low:
+        return float(min(low - level, MAX_INPUT_GAIN_DB))
+    if level > high:
+        return float(high - level)
+    return 0.0
 
 
 @dataclass
@@ -47,6 +87,8 @@ class Denoiser:
     weights_sha256: str
     model_rate_hz: int
     engine: object = field(repr=False)
+    # Active level (dBFS) the model's input is brought into; None: as given.
+    input_level_dbfs: tuple[float, float] | None = None
 
     def provenance(self) -> dict[str, str]:
         return {
@@ -78,6 +120,10 @@ class Denoiser:
         if n == 0:
             return DenoiseOutput(x.copy(), np.zeros((n_ch, 0), np.float32))
         rate = int(sample_rate_hz)
+        gain_db = input_gain_db(x, rate, self.input_level_dbfs)
+        dry = x
+        if gain_db:
+            x = x * np.float32(10 ** (gain_db / 20))
         if rate != self.model_rate_hz:
             g = gcd(rate, self.model_rate_hz)
             up, down = self.model_rate_hz // g, rate // g
@@ -91,9 +137,11 @@ class Denoiser:
             if y.shape[1] < n:
                 y = np.pad(y, ((0, 0), (0, n - y.shape[1])))
             y = y[:, :n]
+        if gain_db:
+            y = y * np.float32(10 ** (-gain_db / 20))
         if wet_mix < 1.0:
-            y = wet_mix * y + (1.0 - wet_mix) * x
-        return DenoiseOutput(np.ascontiguousarray(y, dtype=np.float32), out.lsnr_db)
+            y = wet_mix * y + (1.0 - wet_mix) * dry
+        return DenoiseOutput(np.ascontiguousarray(y, dtype=np.float32), out.lsnr_db, gain_db)
 
 
 def resolve_device(device: str) -> str:
@@ -135,6 +183,7 @@ def _load_dfn3(device: str) -> Denoiser:
         weights_sha256=sha,
         model_rate_hz=dfn3.SAMPLE_RATE_HZ,
         engine=engine,
+        input_level_dbfs=DFN3_INPUT_LEVEL_DBFS,
     )
 
 

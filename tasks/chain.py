@@ -46,7 +46,10 @@ FULL_BAND_RATE_HZ = 32_000
 # 6: declick under 32 kHz refills a region fitted to the click (pad of one
 #    sample, the most likely pulse covered) and, with crackle, keeps loud
 #    clicks near its bar whose core is wide.
-RESTORATION_REVISION = 6
+# 7: denoise brings a transfer quieter than -30 dBFS (or louder than
+#    -16 dBFS) into DeepFilterNet3's range for the model, which had muted
+#    the speech of quiet transfers as noise.
+RESTORATION_REVISION = 7
 
 # The stage names are a public contract: users pass them to
 # ``archivox restore --stages`` and scripts read them back from ``stages/``.

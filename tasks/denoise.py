@@ -21,6 +21,10 @@ class Denoise(Stage):
     use less for lossy sources (MP3) where the model's artefacts are more
     audible. 0.75 removes about 12 dB of noise at most from the mix.
     ``attenuation_limit_db`` caps the model's own suppression (100 = no cap).
+    The model hears the item brought into the level range it works in
+    (-30 to -16 dBFS active level for DeepFilterNet3, which mutes quieter
+    speech as noise); the gain is undone on its output and reported as the
+    metric ``input_gain_db``.
     ``dnsmos`` scores SIG/BAK/OVRL before and after (up to
     ``dnsmos_max_windows`` 9 s windows each, so long files stay cheap).
     ``device`` is "auto", "cpu" or "cuda[:N]"; reading it back gives the
@@ -76,6 +80,9 @@ class Denoise(Stage):
             # frame, in [-15, 35] dB; the median ignores pauses better than the mean.
             "lsnr_median_db": float(np.median(lsnr)) if lsnr.size else float("nan"),
             "lsnr_mean_db": float(np.mean(lsnr)) if lsnr.size else float("nan"),
+            # Non-zero where the item was too quiet (or too loud) for the model
+            # and was brought into its range for the model's eyes only.
+            "input_gain_db": out.input_gain_db,
             "seconds": seconds,
             "realtime_factor": duration_s / seconds if seconds > 0 else float("inf"),
             **denoiser.provenance(),

@@ -10,9 +10,10 @@ from scipy.signal import resample_poly
 
 from archivox.errors import ConfigError
 from archivox.models import dfn3
-from archivox.models.denoisers import load_denoiser
+from archivox.models.denoisers import DFN3_INPUT_LEVEL_DBFS, MAX_INPUT_GAIN_DB, input_gain_db, load_denoiser
 from archivox.models.dfn3_runtime import DELAY_SAMPLES, denoise_reference
 from archivox.tasks.chain import build_chain
+from archivox.tasks.dehum import active_level_db
 from signals import RATE_HZ, rms_db, si_sdr_db, speech_like, tone, white_noise
 
 # Parity with the C runtime is float rounding only (> 100 dB in practice);
@@ -232,6 +233,57 @@ def test_wet_mix_and_attenuation_limit(denoiser):
         denoiser(noise, RATE_HZ, wet_mix=1.5)
 
 
+# --- transfer level ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level_change_db", [-25.0, -35.0, -45.0])
+def test_a_quiet_transfer_keeps_its_speech(denoiser, level_change_db):
+    # The model on its own mutes speech this quiet as noise (level kept about
+    # -50 dB, SI-SDR below -10 dB; bench/denoise_level.py).
+    clean, noisy = noisy_speech(3.0, noise_db=-35.0, seed=30)
+    gain = np.float32(10 ** (level_change_db / 20))
+    out = denoiser(noisy * gain, RATE_HZ)
+    restored = out.audio[0] / gain
+    assert out.input_gain_db > 0
+    assert si_sdr_db(restored, clean) >= si_sdr_db(noisy, clean) + 3.0
+    assert abs(active_level_db(restored[None], RATE_HZ) - active_level_db(clean[None], RATE_HZ)) <= 1.5
+
+
+def test_below_the_model_range_the_result_does_not_depend_on_level(denoiser):
+    _, noisy = noisy_speech(2.0, noise_db=-35.0, seed=31)
+    quieter = [10 ** (db / 20) for db in (-30.0, -40.0)]
+    outs = [denoiser(noisy * np.float32(g), RATE_HZ).audio[0] / g for g in quieter]
+    assert si_sdr_db(outs[0], outs[1]) >= PARITY_DB
+
+
+def test_a_transfer_in_the_model_range_is_passed_as_it_is(denoiser, net):
+    _, noisy = noisy_speech(1.0, noise_db=-35.0, seed=32)
+    low, high = DFN3_INPUT_LEVEL_DBFS
+    assert low <= active_level_db(noisy[None], RATE_HZ) <= high
+    out = denoiser(noisy, RATE_HZ)
+    assert out.input_gain_db == 0.0
+    assert np.array_equal(out.audio[0], engine(net).enhance(noisy).audio[0])
+
+
+def test_input_gain_brings_the_loudest_channel_into_range():
+    low, high = DFN3_INPUT_LEVEL_DBFS
+    quiet = speech_like(1.0, level_db=-50.0, seed=33)
+    loud = speech_like(1.0, level_db=-3.0, seed=33)
+    for audio in (quiet, loud):
+        g = input_gain_db(audio, RATE_HZ, DFN3_INPUT_LEVEL_DBFS)
+        level = active_level_db(audio * np.float32(10 ** (g / 20)), RATE_HZ)
+        assert low - 0.01 <= level <= high + 0.01
+    # One gain for both channels, set by the louder: the balance is kept.
+    stereo = np.concatenate([speech_like(1.0, level_db=-45.0, seed=34), speech_like(1.0, level_db=-55.0, seed=35)])
+    g = input_gain_db(stereo, RATE_HZ, DFN3_INPUT_LEVEL_DBFS)
+    assert active_level_db(stereo[:1] * np.float32(10 ** (g / 20)), RATE_HZ) == pytest.approx(low, abs=0.01)
+    assert input_gain_db(np.zeros((1, RATE_HZ), np.float32), RATE_HZ, DFN3_INPUT_LEVEL_DBFS) == 0.0
+    assert input_gain_db(quiet, RATE_HZ, None) == 0.0
+    # Dither on a blank tape is not lifted all the way.
+    dither = white_noise(1.0, -120.0, seed=36)
+    assert input_gain_db(dither, RATE_HZ, DFN3_INPUT_LEVEL_DBFS) == MAX_INPUT_GAIN_DB
+
+
 # --- factory, provenance, the chain stage -------------------------------------------------
 
 
@@ -257,6 +309,7 @@ def test_denoise_stage_in_the_chain():
     m = record.metrics
     assert -15.0 <= m["lsnr_median_db"] <= 35.0
     assert m["realtime_factor"] > 0 and m["weights_sha256"]
+    assert m["input_gain_db"] == 0.0
     # DNSMOS's background score rises when the noise goes.
     assert m["dnsmos_after_bak"] > m["found_dnsmos_before_bak"]
     assert si_sdr_db(result.audio[0], clean) >= si_sdr_db(noisy, clean) + 3.0
@@ -269,3 +322,11 @@ def test_denoise_stage_validates_parameters():
         build_chain(["denoise"], {"denoise": {"model": "nope"}})
     with pytest.raises(ConfigError, match="device"):
         build_chain(["denoise"], device="tpu")
+
+
+def test_the_stage_records_the_gain_it_gave_the_model():
+    _, noisy = noisy_speech(1.5, noise_db=-35.0, seed=37)
+    quiet = noisy * np.float32(10 ** (-30.0 / 20))
+    chain = build_chain(["denoise"], {"denoise": {"dnsmos": False}}, device="cpu")
+    gain = chain(quiet[None], RATE_HZ).records[0].metrics["input_gain_db"]
+    assert gain == pytest.approx(DFN3_INPUT_LEVEL_DBFS[0] - active_level_db(quiet[None], RATE_HZ), abs=0.01)
