@@ -48,7 +48,8 @@ FULL_BAND_RATE_HZ = 32_000
 #    clicks near its bar whose core is wide.
 # 7: denoise brings a transfer quieter than -30 dBFS (or louder than
 #    -16 dBFS) into DeepFilterNet3's range for the model, which had muted
-#    the speech of quiet transfers as noise.
+#    the speech of quiet transfers as noise; loudness may raise an item by
+#    up to 50 dB (30 before), so that such a transfer reaches its target.
 RESTORATION_REVISION = 7
 
 # The stage names are a public contract: users pass them to

@@ -65,6 +65,17 @@ def test_loudness_hits_target_under_true_peak_ceiling(target_lufs, ceiling_dbtp)
     assert true_peak_dbtp(out) <= ceiling_dbtp + 1e-6
 
 
+def test_a_quiet_transfer_reaches_the_target_unless_the_gain_is_capped():
+    quiet = speech_like(6.0, level_db=-60.0)
+    assert integrated_loudness_lufs(quiet, RATE_HZ) < -55.0
+    out = Loudness(target_lufs=-16.0)(quiet)
+    assert integrated_loudness_lufs(out.audio, RATE_HZ) == pytest.approx(-16.0, abs=0.5)
+    capped = Loudness(target_lufs=-16.0, max_gain_db=20.0)(quiet)
+    assert capped.metrics["gain_db"] == pytest.approx(20.0)
+    assert integrated_loudness_lufs(capped.audio, RATE_HZ) == pytest.approx(
+        integrated_loudness_lufs(quiet, RATE_HZ) + 20.0, abs=0.1)
+
+
 def test_loudness_leaves_silence_and_tiny_clips_alone():
     silence = np.zeros((1, RATE_HZ), np.float32)
     assert Loudness()(silence).metrics["changed"] is False
