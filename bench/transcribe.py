@@ -249,7 +249,7 @@ def main() -> None:
     policy_rows = []
     timing = {"restore_s": 0.0, "decode_views_s": 0.0, "views_decoded": 0}
     stages_run: dict[str, dict[str, int]] = {}
-    cache = args.cache / args.model.replace("/", "_") if args.cache else None
+    cache = _cache_root(args)
     if cache is not None and args.transfer_level_dbfs is not None:
         cache = cache / f"level{args.transfer_level_dbfs:g}"
     if cache is not None and options.quiet_input_dbfs != TranscribeOptions().quiet_input_dbfs:
@@ -339,7 +339,7 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
     n = len(rows)
     step = max(1, n // max(len(conditions), 1))
     rng = np.random.default_rng(7)
-    cache = args.cache / args.model.replace("/", "_") / "long" if args.cache else None
+    cache = _cache_root(args) / "long" if args.cache else None
     views = ("raw", "dsp", "denoised", "mix")
     view_of = {"original": "raw", "pre_denoise": "dsp", "denoised": "denoised", "mix": "mix"}
     missing = [c for c in options.candidates if c not in view_of]
@@ -549,6 +549,17 @@ def _speed(corpus, rows, speech, noises, options, norm) -> list[str]:
         + "; ".join(f"{'sequential' if b == 0 else f'batched ({b})'} {sec:.1f} s ({long_s / sec:.1f}x real time, WER {w:.1f} %)"
                     for b, sec, w in modes),
     ]
+
+
+def _cache_root(args) -> Path | None:
+    """Where this model's decodes are kept: per code revision, so that a release's run never reads an older one's."""
+    from archivox.tasks.chain import RESTORATION_REVISION
+    from archivox.tasks.transcribe import TRANSCRIPTION_REVISION
+
+    if not args.cache:
+        return None
+    revision = f"restoration{RESTORATION_REVISION}-transcription{TRANSCRIPTION_REVISION}"
+    return args.cache / args.model.replace("/", "_") / revision
 
 
 def _cached(cache, cond, row, views):
