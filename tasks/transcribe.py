@@ -104,8 +104,9 @@ class TranscribeOptions:
     # on all 169 untuned utterances only 0.865 -> 0.862, worse in no condition
     # by more than 0.3 points (bench/results, session 13); the
     # restored file read worse than any of them, and word-level merging
-    # (ROVER), rescoring each reading under every view, or decoding the views
-    # jointly (their token log-probabilities averaged, session 12) gained nothing.
+    # (ROVER), rescoring each reading under every view, decoding the views
+    # jointly (their token log-probabilities averaged, session 12), or a choice
+    # learned from the same evidence (cross-validated, session 16) gained nothing.
     candidates: tuple[str, ...] = ("denoised", "pre_denoise", "mix")
     # "stretch": the choice is made anew for each stretch between pauses that
     # all candidates share (an interview's noise changes); "item": one
