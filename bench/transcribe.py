@@ -221,6 +221,19 @@ def main() -> None:
         keep = [i for i, r in enumerate(refs_n) if r.strip()]
         return 100.0 * jiwer.wer([refs_n[i] for i in keep], [hyps_n[i] or "<empty>" for i in keep])
 
+    def errors(refs, hyps):
+        """(word errors, reference words) per utterance, as ``wer`` counts them; empty references count 0 and 0."""
+        out_e, out_n = [], []
+        for r, h in zip(refs, hyps):
+            rn = norm(r)
+            if not rn.strip():
+                out_e.append(0); out_n.append(0)
+                continue
+            o = jiwer.process_words(rn, norm(h) or "<empty>")
+            out_e.append(o.substitutions + o.deletions + o.insertions)
+            out_n.append(o.hits + o.substitutions + o.deletions)
+        return np.array(out_e, float), np.array(out_n, float)
+
     refs = [r["transcript"] for r in rows]
     speech = [load(corpus / r["path"]) for r in rows]
     audio_s = sum(s.size for s in speech) / RATE_HZ
@@ -246,6 +259,7 @@ def main() -> None:
         "denoised+dsp+raw": ("denoised", "pre_denoise", "original"),
     }
     table = []
+    per_utterance = []  # per condition: ((archivox errors, words), (raw errors, words)), one entry per utterance
     policy_rows = []
     timing = {"restore_s": 0.0, "decode_views_s": 0.0, "views_decoded": 0}
     stages_run: dict[str, dict[str, int]] = {}
@@ -300,6 +314,7 @@ def main() -> None:
         w = {v: wer(refs, hyps[v]) for v in all_views}
         w["archivox"] = wer(refs, default_hyps)
         table.append((cond, w, winners))
+        per_utterance.append((errors(refs, default_hyps), errors(refs, hyps["raw"])))
         policy_rows.append((cond, {k: wer(refs, v) for k, v in chosen.items()}))
         print(cond, {k: round(v, 1) for k, v in w.items()}, winners, flush=True)
         if lifted:
@@ -307,6 +322,7 @@ def main() -> None:
 
     lines = _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timing, stages_run,
                     asr_seconds, options)
+    lines += _spread(per_utterance)
     if args.long:
         lines += _long_items(args, rows, speech, noises, conditions, options, wer)
     if args.flag_minutes > 0:
@@ -597,6 +613,36 @@ def _copy(tr):
     from archivox.tasks.transcribe import Transcript
 
     return Transcript.from_dict(tr.to_dict())
+
+
+def _spread(per_utterance, resamples: int = 2000, goal: float = 0.8) -> list[str]:
+    """How far the archivox / raw ratio can be trusted: a sign count per utterance and a bootstrap over utterances.
+
+    The conditions degrade the same utterances, so a difference "in every
+    condition" is not that many independent results; a few utterances can
+    carry a whole set (session 16). Utterances are resampled whole, all
+    conditions together.
+    """
+    if not per_utterance:
+        return []
+    arc = np.stack([a[0] for a, _ in per_utterance])  # (conditions, utterances)
+    raw = np.stack([r[0] for _, r in per_utterance])
+    words = per_utterance[0][0][1]
+    diff = arc.sum(axis=0) - raw.sum(axis=0)
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, words.size, size=(resamples, words.size))
+    counts = np.stack([np.bincount(p, minlength=words.size) for p in picks])  # (resamples, utterances)
+    n = counts @ words
+    ratio = (counts @ arc.T / n[:, None]).mean(axis=1) / np.maximum((counts @ raw.T / n[:, None]).mean(axis=1), 1e-12)
+    point = (arc.sum(axis=1) / words.sum()).mean() / max((raw.sum(axis=1) / words.sum()).mean(), 1e-12)
+    lo, hi = np.percentile(ratio, [2.5, 97.5])
+    return [
+        "",
+        f"Per utterance, all conditions together: archivox has fewer word errors than raw on {(diff < 0).sum()}, "
+        f"more on {(diff > 0).sum()}, as many on {(diff == 0).sum()}.",
+        f"Bootstrap over utterances ({resamples} resamples): archivox / raw {point:.3f}, 95 % interval "
+        f"{lo:.3f}-{hi:.3f}; {100 * np.mean(ratio <= goal):.1f} % of resamples at or under {goal:g}.",
+    ]
 
 
 def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timing, stages_run,
