@@ -398,7 +398,12 @@ def _add_restore_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     import archivox
 
-    parser = argparse.ArgumentParser(prog="archivox", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="archivox",
+        description="Restore old or noisy speech recordings, transcribe them, and keep what was done in searchable "
+        "Parquet catalogs. Start with `archivox scan FOLDER -o manifest.csv`, then `archivox run manifest.csv --out OUT`; "
+        "`archivox COMMAND --help` describes each command.",
+    )
     parser.add_argument("--version", action="version", version=f"archivox {archivox.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
