@@ -215,14 +215,8 @@ def main() -> None:
         options = replace(options, quiet_input_dbfs=lift)
     all_views = ["raw", "dsp", "restored", "denoised"] + [f"mix{f:g}" for f in fractions]
 
-    def wer(refs, hyps):
-        refs_n = [norm(r) for r in refs]
-        hyps_n = [norm(h) for h in hyps]
-        keep = [i for i, r in enumerate(refs_n) if r.strip()]
-        return 100.0 * jiwer.wer([refs_n[i] for i in keep], [hyps_n[i] or "<empty>" for i in keep])
-
     def errors(refs, hyps):
-        """(word errors, reference words) per utterance, as ``wer`` counts them; empty references count 0 and 0."""
+        """(word errors, reference words) per utterance; an empty reference counts 0 and 0."""
         out_e, out_n = [], []
         for r, h in zip(refs, hyps):
             rn = norm(r)
@@ -233,6 +227,11 @@ def main() -> None:
             out_e.append(o.substitutions + o.deletions + o.insertions)
             out_n.append(o.hits + o.substitutions + o.deletions)
         return np.array(out_e, float), np.array(out_n, float)
+
+    def wer(refs, hyps):
+        """Pooled WER in %: all utterances' errors over all their reference words."""
+        e, n = errors(refs, hyps)
+        return 100.0 * e.sum() / max(n.sum(), 1.0)
 
     refs = [r["transcript"] for r in rows]
     speech = [load(corpus / r["path"]) for r in rows]
