@@ -228,10 +228,13 @@ def main() -> None:
             out_n.append(o.hits + o.substitutions + o.deletions)
         return np.array(out_e, float), np.array(out_n, float)
 
-    def wer(refs, hyps):
-        """Pooled WER in %: all utterances' errors over all their reference words."""
-        e, n = errors(refs, hyps)
+    def pooled(counts):
+        """Pooled WER in %, from ``errors``: all utterances' errors over all their reference words."""
+        e, n = counts
         return 100.0 * e.sum() / max(n.sum(), 1.0)
+
+    def wer(refs, hyps):
+        return pooled(errors(refs, hyps))
 
     refs = [r["transcript"] for r in rows]
     speech = [load(corpus / r["path"]) for r in rows]
@@ -310,10 +313,11 @@ def main() -> None:
                 (default_hyps if name == "default" else chosen[name]).append(pick_tr.text())
                 if name == "default":
                     winners[pick_tr.candidate] = winners.get(pick_tr.candidate, 0) + 1
-        w = {v: wer(refs, hyps[v]) for v in all_views}
-        w["archivox"] = wer(refs, default_hyps)
+        counts = {v: errors(refs, hyps[v]) for v in all_views}
+        counts["archivox"] = errors(refs, default_hyps)
+        w = {v: pooled(c) for v, c in counts.items()}
         table.append((cond, w, winners))
-        per_utterance.append((errors(refs, default_hyps), errors(refs, hyps["raw"])))
+        per_utterance.append((counts["archivox"], counts["raw"]))
         policy_rows.append((cond, {k: wer(refs, v) for k, v in chosen.items()}))
         print(cond, {k: round(v, 1) for k, v in w.items()}, winners, flush=True)
         if lifted:
@@ -354,7 +358,8 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
     n = len(rows)
     step = max(1, n // max(len(conditions), 1))
     rng = np.random.default_rng(7)
-    cache = _cache_root(args) / "long" if args.cache else None
+    root = _cache_root(args)
+    cache = root / "long" if root is not None else None
     views = ("raw", "dsp", "denoised", "mix")
     view_of = {"original": "raw", "pre_denoise": "dsp", "denoised": "denoised", "mix": "mix"}
     missing = [c for c in options.candidates if c not in view_of]
