@@ -10,7 +10,8 @@ transcribes in one run, per condition:
 - ``dsp``: after the DSP stages only (the pre-denoise view),
 - ``denoised``: the chain's restored output (DSP stages + denoiser + loudness),
 - ``mix``: the observation-adding view,
-- ``archivox``: the transcript ``transcribe_item`` keeps under its default policy,
+- ``archivox``: the transcript ``transcribe_item`` keeps under its default policy (every candidate view
+  decoded at each of ``TranscribeOptions.stretch_factors``, the decodes voted word by word),
 
 WER with jiwer after Whisper's English text normaliser, plus speed. Writes a
 Markdown table with ``--out``.
@@ -38,7 +39,7 @@ from signals import clicks, corpus_dir, hum  # noqa: E402
 
 from archivox.tasks.dehum import active_level_db  # noqa: E402
 from archivox.tasks.transcribe import (  # noqa: E402
-    QUIET_INPUT_TARGET_DBFS, TranscribeOptions, Transcript, choose, observation_mix, to_whisper_input,
+    QUIET_INPUT_TARGET_DBFS, TranscribeOptions, Transcript, combine, observation_mix, to_whisper_input,
     transcribe_candidates,
 )
 
@@ -70,6 +71,7 @@ def view_options(options: TranscribeOptions, view: str) -> TranscribeOptions:
     """
     anchor = view == "raw"
     return replace(options, asr_input="restored", skip_no_speech=anchor,
+                   stretch_factors=(1.0,) if anchor else options.stretch_factors,
                    fill_skipped_speech=options.fill_skipped_speech and not anchor,
                    quiet_input_dbfs=None if anchor else options.quiet_input_dbfs)
 
@@ -239,7 +241,7 @@ def main() -> None:
     refs = [r["transcript"] for r in rows]
     speech = [load(corpus / r["path"]) for r in rows]
     audio_s = sum(s.size for s in speech) / RATE_HZ
-    clean_opts = replace(options, asr_input="restored")
+    clean_opts = replace(options, asr_input="restored", stretch_factors=(1.0,))
     t0 = time.perf_counter()
     clean_hyps = [transcribe_candidates({"restored": to_whisper_input(s, RATE_HZ)}, clean_opts)[0].text() for s in speech]
     asr_seconds = time.perf_counter() - t0
@@ -252,14 +254,30 @@ def main() -> None:
 
     view_of = {"mix": f"mix{options.mix_fraction:g}", "pre_denoise": "dsp", "restored": "restored",
                "denoised": "denoised", "original": "raw"}
+    # name: (candidates, stretch factors, how they are combined)
     policies = {
-        "denoised+dsp": ("denoised", "pre_denoise"),
-        "restored+dsp": ("restored", "pre_denoise"),
-        "denoised+mix": ("denoised", "mix"),
-        "denoised+dsp+restored": ("denoised", "pre_denoise", "restored"),
-        "denoised+dsp+mix": ("denoised", "pre_denoise", "mix"),
-        "denoised+dsp+raw": ("denoised", "pre_denoise", "original"),
+        "denoised+dsp": (("denoised", "pre_denoise"), (1.0,), "choose"),
+        "restored+dsp": (("restored", "pre_denoise"), (1.0,), "choose"),
+        "denoised+mix": (("denoised", "mix"), (1.0,), "choose"),
+        "denoised+dsp+restored": (("denoised", "pre_denoise", "restored"), (1.0,), "choose"),
+        "denoised+dsp+mix (revision 5's default)": (("denoised", "pre_denoise", "mix"), (1.0,), "choose"),
+        "denoised+dsp+raw": (("denoised", "pre_denoise", "original"), (1.0,), "choose"),
+        "vote, denoised+dsp+mix": (("denoised", "pre_denoise", "mix"), (1.0,), "vote"),
+        "choose, default decodes": (options.candidates, options.stretch_factors, "choose"),
+        "vote, denoised at each speed": (("denoised",), options.stretch_factors, "vote"),
     }
+    # Views that are candidates are decoded at every stretch factor too.
+    stretched = [f for f in options.stretch_factors if f != 1.0]
+    stretch_views = {view_of[c] for c in options.candidates}
+    all_decodes = all_views + [f"{v}@{f:g}" for v in all_views if v in stretch_views for f in stretched]
+
+    def decodes_of(candidates, factors):
+        """{product name: the bench's decode}, in the order transcribe_candidates decodes them."""
+        return {
+            (c if f == 1.0 else f"{c}@{f:g}"): _copy(results[view_of[c] if f == 1.0 else f"{view_of[c]}@{f:g}"])
+            for c in candidates for f in factors
+        }
+
     table = []
     per_utterance = []  # per condition: ((archivox errors, words), (raw errors, words)), one entry per utterance
     policy_rows = []
@@ -271,13 +289,13 @@ def main() -> None:
     if cache is not None and options.quiet_input_dbfs != TranscribeOptions().quiet_input_dbfs:
         cache = cache / f"lift{options.quiet_input_dbfs}"
     for cond in conditions:
-        hyps = {v: [] for v in all_views}
+        hyps = {v: [] for v in all_decodes}
         chosen = {name: [] for name in policies}
         default_hyps = []
         winners: dict[str, int] = {}
         lifted: dict[str, int] = {}
         for i, (s, row) in enumerate(zip(speech, rows)):
-            results = _cached(cache, cond, row, all_views + ["stages"])
+            results = _cached(cache, cond, row, all_decodes + ["stages"])
             if results is None:
                 degraded = degrade(s, cond, noises[i % len(noises)], seed=1000 + i)
                 if args.transfer_level_dbfs is not None:
@@ -291,11 +309,8 @@ def main() -> None:
                 for f in fractions:
                     views[f"mix{f:g}"] = observation_mix(rest16, pre16, f)
                 t = time.perf_counter()
-                # One decode per view; the policies below choose among these.
-                results = {
-                    v: transcribe_candidates({"restored": views[v]}, view_options(options, v))[0]
-                    for v in all_views
-                }
+                # Each view decoded once (candidates at every speed); the policies below combine these.
+                results = _decode_views({v: views[v] for v in all_views}, options, stretch_views)
                 timing["decode_views_s"] += time.perf_counter() - t
                 timing["views_decoded"] += len(results)
                 # The stages the diagnosis chose, kept with the decodes (as an empty transcript's evidence).
@@ -304,16 +319,17 @@ def main() -> None:
             for name in results["stages"].evidence["stages"]:
                 stages_run.setdefault(cond, {}).setdefault(name, 0)
                 stages_run[cond][name] += 1
-            for v in all_views:
+            for v in all_decodes:
                 hyps[v].append(results[v].text())
                 if results[v].evidence.get("input_gain_db"):
                     lifted[v] = lifted.get(v, 0) + 1
-            for name, cands in list(policies.items()) + [("default", options.candidates)]:
-                pick_tr = choose({c: _copy(results[view_of[c]]) for c in cands}, by=options.choose_by)
+            default = (options.candidates, options.stretch_factors, options.combine)
+            for name, (cands, factors, how) in list(policies.items()) + [("default", default)]:
+                pick_tr = combine(decodes_of(cands, factors), replace(options, combine=how))
                 (default_hyps if name == "default" else chosen[name]).append(pick_tr.text())
                 if name == "default":
                     winners[pick_tr.candidate] = winners.get(pick_tr.candidate, 0) + 1
-        counts = {v: errors(refs, hyps[v]) for v in all_views}
+        counts = {v: errors(refs, hyps[v]) for v in all_decodes}
         counts["archivox"] = errors(refs, default_hyps)
         w = {v: pooled(c) for v, c in counts.items()}
         table.append((cond, w, winners))
@@ -323,7 +339,7 @@ def main() -> None:
         if lifted:
             print(f"  views raised to {QUIET_INPUT_TARGET_DBFS:g} dBFS before decoding (quiet_input_dbfs): {lifted}", flush=True)
 
-    lines = _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timing, stages_run,
+    lines = _report(args, rows, audio_s, clean_wer, table, policy_rows, all_decodes, timing, stages_run,
                     asr_seconds, options)
     lines += _spread(per_utterance)
     if args.long:
@@ -333,6 +349,17 @@ def main() -> None:
     if args.speed:
         lines += _speed(corpus, rows, speech, noises, options, norm)
     _write(args, lines)
+
+
+def _decode_views(audio: dict, options: TranscribeOptions, multi_speed: set) -> dict:
+    """{view or view@factor: transcript}: each view decoded once, those in ``multi_speed`` at every stretch factor too."""
+    stretched = tuple(f for f in options.stretch_factors if f != 1.0)
+    results = {}
+    for v, x in audio.items():
+        vo = replace(view_options(options, v), stretch_factors=(1.0, *stretched) if v in multi_speed else (1.0,))
+        for name, tr in transcribe_candidates({"restored": x}, vo)[1].items():
+            results[v + name[len("restored"):]] = tr
+    return results
 
 
 def _write(args, lines: list[str]) -> None:
@@ -351,9 +378,11 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
     same degraded utterances as the main table (same noise clip and seed),
     grouped differently, so each condition still covers every utterance
     once. Each item is restored whole, as the pipeline restores an item, and
-    its views are decoded whole; the table compares choosing one view per
-    item with choosing stretch by stretch. Per condition, each utterance is
-    scored on the words whose middle falls in its time span.
+    its views are decoded whole (the candidates at every stretch factor);
+    the table compares archivox's default with choosing one view per item
+    and choosing stretch by stretch among the views at their own speed. Per
+    condition, each utterance is scored on the words whose middle falls in
+    its time span.
     """
     n = len(rows)
     step = max(1, n // max(len(conditions), 1))
@@ -363,9 +392,12 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
     views = ("raw", "dsp", "denoised", "mix")
     view_of = {"original": "raw", "pre_denoise": "dsp", "denoised": "denoised", "mix": "mix"}
     missing = [c for c in options.candidates if c not in view_of]
+    multi_speed = {view_of[c] for c in options.candidates}  # decoded at every stretch factor
     if missing:
         raise SystemExit(f"the long items decode no {missing} view; give candidates among {sorted(view_of)}")
-    policies = ("raw", "dsp", "denoised", "mix", "item", "stretch")
+    policies = ("raw", "dsp", "denoised", "mix", "item", "stretch", "archivox")
+    stretched = [f for f in options.stretch_factors if f != 1.0]
+    decodes = list(views) + [f"{view_of[c]}@{f:g}" for c in options.candidates for f in stretched]
     hyps: dict[str, list[str]] = {k: [] for k in policies}
     # Per condition: the utterances' references and each policy's words inside their spans.
     by_cond = {c: {"refs": [], **{k: [] for k in policies}} for c in conditions}
@@ -380,7 +412,7 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
             spans.append((t, t + speech[i].size / RATE_HZ))
             t = spans[-1][1] + pause_s
         row = {"path": f"long_{k:03d}.wav"}
-        results = _cached(cache, "long", row, list(views))
+        results = _cached(cache, "long", row, decodes)
         if results is None:
             quiet = (1e-3 * rng.standard_normal(int(pause_s * RATE_HZ))).astype(np.float32)
             parts = []
@@ -390,15 +422,17 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
             pre, denoised, restored, _ = restore_item(degraded)
             audio = {v: to_whisper_input(x, RATE_HZ) for v, x in zip(views, (degraded, pre, denoised))}
             audio["mix"] = observation_mix(to_whisper_input(restored, RATE_HZ), audio["dsp"], options.mix_fraction)
-            results = {
-                v: transcribe_candidates({"restored": audio[v]}, view_options(options, v))[0] for v in views
-            }
+            results = _decode_views({v: audio[v] for v in views}, options, multi_speed)
             _store(cache, "long", row, results)
         seconds += results["raw"].duration_s
         pair = {c: results[view_of[c]] for c in options.candidates}
-        by_stretch = choose({c: _copy(t) for c, t in pair.items()}, by="stretch")
+        one_speed = replace(options, combine="choose")
+        by_stretch = combine({c: _copy(t) for c, t in pair.items()}, replace(one_speed, choose_by="stretch"))
+        everything = {(c if f == 1.0 else f"{c}@{f:g}"): _copy(results[view_of[c] if f == 1.0 else f"{view_of[c]}@{f:g}"])
+                      for c in options.candidates for f in options.stretch_factors}
         picked = {**{v: results[v] for v in views},
-                  "item": choose({c: _copy(t) for c, t in pair.items()}, by="item"), "stretch": by_stretch}
+                  "item": combine({c: _copy(t) for c, t in pair.items()}, replace(one_speed, choose_by="item")),
+                  "stretch": by_stretch, "archivox": combine(everything, options)}
         for key, tr in picked.items():
             hyps[key].append(tr.text())
             for (i, cond), text in zip(members, _words_in_spans(tr, spans)):
@@ -421,26 +455,27 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
         "restores an item, and each view is decoded whole. WER in %, all items pooled; per condition, each "
         "utterance is scored on the words (word timestamps) whose middle falls inside its span.",
         "",
-        f"archivox chooses among {', '.join(options.candidates)}.",
+        f"archivox's default: {', '.join(options.candidates)}, each at stretch factors "
+        f"{', '.join(f'{f:g}' for f in options.stretch_factors)}, combined by `{options.combine}`. The two columns "
+        "before it choose among the same views at their own speed (revision 5's default was per stretch).",
         "",
-        "| condition | raw | dsp | denoised | mix | archivox, one view per item "
-        "| archivox, view chosen per stretch (default) | per stretch / raw |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| condition | raw | dsp | denoised | mix | one view per item | view chosen per stretch "
+        "| **archivox (default)** | archivox / raw |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     cond_w = {}
     for cond in conditions:
         cw = {key: wer(by_cond[cond]["refs"], by_cond[cond][key]) for key in policies}
         cond_w[cond] = cw
         lines.append(f"| {cond} | {cw['raw']:.1f} | {cw['dsp']:.1f} | {cw['denoised']:.1f} | {cw['mix']:.1f} | {cw['item']:.1f} "
-                     f"| **{cw['stretch']:.1f}** | {cw['stretch'] / cw['raw']:.2f} |")
+                     f"| {cw['stretch']:.1f} | **{cw['archivox']:.1f}** | {cw['archivox'] / cw['raw']:.2f} |")
     mean = {key: float(np.mean([cw[key] for cw in cond_w.values()])) for key in policies}
     lines += [
         f"| mean over conditions | {mean['raw']:.1f} | {mean['dsp']:.1f} | {mean['denoised']:.1f} | {mean['mix']:.1f} "
-        f"| {mean['item']:.1f} "
-        f"| **{mean['stretch']:.1f}** | {mean['stretch'] / mean['raw']:.2f} |",
+        f"| {mean['item']:.1f} | {mean['stretch']:.1f} "
+        f"| **{mean['archivox']:.1f}** | {mean['archivox'] / mean['raw']:.2f} |",
         f"| whole items pooled | {w['raw']:.1f} | {w['dsp']:.1f} | {w['denoised']:.1f} | {w['mix']:.1f} | {w['item']:.1f} "
-        f"({w['item'] / w['raw']:.2f}x raw) | **{w['stretch']:.1f}** ({w['stretch'] / w['raw']:.2f}x raw) | "
-        f"{w['stretch'] / w['raw']:.2f} |",
+        f"| {w['stretch']:.1f} | **{w['archivox']:.1f}** | {w['archivox'] / w['raw']:.2f} |",
         "",
         f"Stretches chosen per view: {', '.join(f'{v} {c}' for v, c in sorted(stretch_views.items()))} "
         f"({stretches} stretches, {stretches / n:.1f} per item).",
@@ -545,7 +580,7 @@ def _speed(corpus, rows, speech, noises, options, norm) -> list[str]:
         transcribe_candidates(files, options)
         decode_s += time.perf_counter() - t
         t = time.perf_counter()
-        transcribe_candidates(files, replace(options, asr_input="restored"))
+        transcribe_candidates(files, replace(options, asr_input="restored", stretch_factors=(1.0,)))
         single_s += time.perf_counter() - t
     # A long item (utterances joined) decoded sequentially and batched.
     long_rows = [r for r in rows][:12]
@@ -563,8 +598,10 @@ def _speed(corpus, rows, speech, noises, options, norm) -> list[str]:
         f"Speed ({h.device}, {h.compute_type}; {platform.node()}; wall clock, the machine shared with other work):",
         "",
         f"- restoration chain: {audio_s:.0f} s of audio in {restore_s:.1f} s ({audio_s / restore_s:.1f}x real time)",
-        f"- transcription, default policy ({len(options.candidates)} views): {decode_s:.1f} s "
-        f"({audio_s / decode_s:.1f}x real time); one view only: {single_s:.1f} s ({audio_s / single_s:.1f}x real time)",
+        f"- transcription, default policy ({len(options.candidates)} views x {len(options.stretch_factors)} speeds): "
+        f"{decode_s:.1f} s "
+        f"({audio_s / decode_s:.1f}x real time); one decode of one view only: {single_s:.1f} s "
+        f"({audio_s / single_s:.1f}x real time)",
         f"- a {long_s:.0f} s item: "
         + "; ".join(f"{'sequential' if b == 0 else f'batched ({b})'} {sec:.1f} s ({long_s / sec:.1f}x real time, WER {w:.1f} %)"
                     for b, sec, w in modes),
@@ -679,8 +716,13 @@ def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timin
         "the anchor, as faster-whisper decodes by default (its own no-speech rule on, no second decode of speech it "
         "jumped over), the other views as archivox decodes (such text kept and flagged; skipped speech decoded "
         "again).",
-        f"`archivox`: `transcribe_item`'s default policy (candidates {', '.join(options.candidates)}; best evidence kept: "
-        "confidence plus agreement between candidates).",
+        f"`archivox`: `transcribe_item`'s default policy: candidates {', '.join(options.candidates)}, each decoded "
+        f"at stretch factors {', '.join(f'{f:g}' for f in options.stretch_factors)} (resampled: 1.05 plays 5 % slower "
+        f"and lower; times mapped back), {len(options.candidates) * len(options.stretch_factors)} decodes combined by "
+        f"`{options.combine}`"
+        + (" (word by word, each word the one most decodes share)." if options.combine == "vote" else
+           " (best evidence kept: confidence plus agreement between candidates).")
+        + f" Columns `VIEW@F` are a view decoded at stretch factor F.",
         "Stages the diagnosis chose, per condition (items): "
         + "; ".join(f"{c}: " + ", ".join(f"{k} {v}" for k, v in sorted(st.items()) if k not in ("denoise", "eq", "loudness"))
                     for c, st in stages_run.items()) + ".",

@@ -18,13 +18,23 @@ listener gets:
 - ``original``: the extracted input.
 
 With ``asr_input="auto"`` (the default) every view in ``candidates`` that the
-item has is decoded, each transcript is scored from its own evidence (mean
-log-probability with flagged segments counted as bad, compression ratio,
-no-speech probability) and the best one is kept, stretch by stretch between
-the pauses all views share (``choose_by``); ``Transcript.candidate`` names
-the view or views used, each ``Segment.candidate`` its own, and
-``Transcript.evidence`` holds every candidate's score, the agreement between
-them and the choice made for each stretch.
+item has is decoded, and each is decoded again resampled a few per cent
+slower and faster (``stretch_factors``): Whisper misreads different words at
+each speed and in each view. The decodes are then combined (``combine``):
+
+- ``"vote"`` (what ``"auto"``, the default, does when there is more than one
+  speed): word by word, each word the one most decodes agree on (ROVER,
+  :mod:`archivox.tasks.vote`); ``Transcript.candidate`` and each
+  ``Segment.candidate`` are ``"vote"``.
+- ``"choose"``: each decode is scored from its own evidence (mean
+  log-probability with flagged segments counted as bad, compression ratio,
+  no-speech probability, agreement with the others) and the best one is
+  kept, stretch by stretch between the pauses all decodes share
+  (``choose_by``); ``Transcript.candidate`` names the decode or decodes
+  used, each ``Segment.candidate`` its own.
+
+Either way ``Transcript.evidence`` holds every decode's score and counts and
+its agreement with the result.
 
 Audio reaches Whisper as float32 mono ``(samples,)`` at 16 kHz; the item's
 files (any rate, any channel count) are mixed down and resampled here.
@@ -65,7 +75,8 @@ _EMPTY_SCORE = -1.5  # an empty transcript: worse than speech decoded with confi
 # 3: VAD speech that a decode jumped over is decoded again on its own.
 # 4: the observation-adding mix is a third candidate by default.
 # 5: views quieter than -30 dBFS are raised to -23 dBFS before decoding.
-TRANSCRIPTION_REVISION = 5
+# 6: each view is decoded at three speeds too and the decodes are voted word by word.
+TRANSCRIPTION_REVISION = 6
 
 
 @dataclass
@@ -95,19 +106,27 @@ class TranscribeOptions:
     fallback_model: str = "base"
     # Which audio the transcript is decoded from; see the module docstring.
     asr_input: str = "auto"
-    # Measured by bench/transcribe.py (a tuning set of 24 utterances, reported
-    # on 43 others): the denoiser's output before EQ and loudness (the
-    # denoise stage already keeps 25 % of its input), the DSP-only audio, and
-    # the observation-adding mix, with agreement between the three counted.
-    # Since transcription revision 3 the mix as third view gains on both sets
-    # (0.82 -> 0.80 and 0.87 -> 0.82 of raw's WER) for a third decode, though
-    # on all 169 untuned utterances only 0.865 -> 0.862, worse in no condition
-    # by more than 0.3 points (bench/results, session 13); the
-    # restored file read worse than any of them, and word-level merging
-    # (ROVER), rescoring each reading under every view, decoding the views
-    # jointly (their token log-probabilities averaged, session 12), or a choice
-    # learned from the same evidence (cross-validated, session 16) gained nothing.
+    # Measured by bench/transcribe.py: the denoiser's output before EQ and
+    # loudness (the denoise stage already keeps 25 % of its input), the
+    # DSP-only audio, and the observation-adding mix. The restored file read
+    # worse than any of them. Chosen between, the three read 0.86x raw's WER
+    # on all 169 untuned utterances; rescoring, joint decoding and a learned
+    # choice gained nothing (bench/results, sessions 11-16). Voting gains only
+    # once each view is also decoded at other speeds (session 17).
     candidates: tuple[str, ...] = ("denoised", "pre_denoise", "mix")
+    # Each candidate view is also decoded resampled to these multiples of its
+    # length (1.05: played 5 % slower and lower), its times mapped back to
+    # the item's clock. Whisper errs in different places at each speed, which
+    # is what lets a vote correct it. The three speeds triple the decoding.
+    stretch_factors: tuple[float, ...] = (1.0, 1.05, 0.95)
+    # How the decodes become one transcript. "vote": word by word, each word
+    # the one most decodes agree on (ROVER; archivox.tasks.vote). "choose":
+    # the decode with the best evidence, per stretch or per item
+    # (``choose_by``). "auto": vote where each view was decoded at more than
+    # one speed, else choose: three views at one speed voted read worse than
+    # chosen between (0.88x raw's WER against 0.86x; bench/results, session 17).
+    # Two decodes are always chosen between.
+    combine: str = "auto"
     # "stretch": the choice is made anew for each stretch between pauses that
     # all candidates share (an interview's noise changes); "item": one
     # candidate for the whole item.
@@ -156,6 +175,13 @@ class TranscribeOptions:
             )
         if self.asr_input not in ASR_INPUTS:
             raise ConfigError(f"asr_input={self.asr_input!r} is not valid; use one of {', '.join(ASR_INPUTS)}")
+        if self.combine not in ("auto", "vote", "choose"):
+            raise ConfigError(f"combine={self.combine!r} is not valid; use 'auto', 'vote' or 'choose'")
+        self.stretch_factors = tuple(float(f) for f in self.stretch_factors)
+        if not self.stretch_factors or len(set(self.stretch_factors)) != len(self.stretch_factors):
+            raise ConfigError(f"stretch_factors={list(self.stretch_factors)} must be distinct and not empty")
+        for factor in self.stretch_factors:
+            check_range("stretch_factors", factor, 0.8, 1.25)
         if self.choose_by not in ("stretch", "item"):
             raise ConfigError(f"choose_by={self.choose_by!r} is not valid; use 'stretch' or 'item'")
         self.candidates = tuple(self.candidates)
@@ -416,18 +442,66 @@ def transcribe_candidates(
     handle = _model_for(options, language)
     results: dict[str, Transcript] = {}
     plan = None
+    regions = None
     for name, load in asr_view_loaders(sources, options).items():
         audio, gain_db = lift_quiet_input(load(), options.quiet_input_dbfs)
         if plan is None:
             # Detect the language once, on the first view, so that every candidate
             # is decoded in the same language and scores compare like with like.
             plan = language_plan(handle, audio, language, options)
-        results[name] = _decode(handle, audio, options, plan)
-        if gain_db:
-            results[name].evidence["input_gain_db"] = round(gain_db, 2)
+        for factor in options.stretch_factors:
+            key = name if factor == 1.0 else f"{name}@{factor:g}"
+            results[key], view_regions = _decode_stretched(handle, audio, options, plan, factor)
+            regions = view_regions if regions is None else regions
+            if gain_db:
+                results[key].evidence["input_gain_db"] = round(gain_db, 2)
         del audio  # one view in memory at a time
-    chosen = choose(results, by=options.choose_by)
-    return chosen, results
+    return combine(results, options, regions), results
+
+
+def combine(results: Mapping[str, Transcript], options: TranscribeOptions,
+            regions: Sequence[tuple[float, float]] | None = None) -> Transcript:
+    """The item's transcript from its decodes, as ``options.combine`` says.
+
+    ``regions``: VAD speech stretches (seconds) of the item, for flagging a
+    voted transcript's segments again.
+    """
+    voting = options.combine == "vote" or (options.combine == "auto" and len(options.stretch_factors) > 1)
+    if voting and len(results) > 2:
+        from archivox.tasks.vote import vote
+
+        return vote(results, flag=options.flag, regions=regions)
+    return choose(results, by=options.choose_by)
+
+
+def _decode_stretched(handle, audio: np.ndarray, options: TranscribeOptions, plan: LanguagePlan,
+                      factor: float) -> tuple[Transcript, list[tuple[float, float]] | None]:
+    """Decode ``audio`` resampled to ``factor`` times its length; times come back on the item's clock.
+
+    Returns the transcript and the VAD speech regions it was flagged with.
+    """
+    if factor == 1.0:
+        return _decode(handle, audio, options, plan)
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(factor).limit_denominator(100)
+    stretched = resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
+    transcript, regions = _decode(handle, stretched, options, plan.rescaled(factor))
+    del stretched
+    def back(t: float) -> float:
+        # To the millisecond (Whisper's times step by 20 ms), so that a piece
+        # starting at a language switch maps back onto it exactly.
+        return round(t / factor, 3)
+
+    for seg in transcript.segments:
+        seg.start_s, seg.end_s = back(seg.start_s), back(seg.end_s)
+        for w in seg.words:
+            w.start_s, w.end_s = back(w.start_s), back(w.end_s)
+    transcript.duration_s = audio.size / WHISPER_RATE_HZ
+    transcript.evidence["language_windows"] = [list(w) for w in plan.windows]
+    return transcript, None if regions is None else [(back(a), back(b)) for a, b in regions]
 
 
 # ISO 639-2 codes archives commonly write, for the languages Whisper knows best.
@@ -473,6 +547,11 @@ class LanguagePlan:
     probability: float
     detected: bool
     windows: list[tuple[float, float, str, float]] = field(default_factory=list)  # (start_s, end_s, lang, p)
+
+    def rescaled(self, factor: float) -> "LanguagePlan":
+        """The plan for the item resampled to ``factor`` times its length."""
+        windows = [(a * factor, b * factor, lang, p) for a, b, lang, p in self.windows]
+        return dataclasses.replace(self, windows=windows)
 
     def runs(self) -> list[tuple[float, float, str]]:
         """Consecutive windows of one language merged: [(start_s, end_s, language)]."""
@@ -526,8 +605,13 @@ def _model_for(options: TranscribeOptions, language: str | None):
     return load_whisper(options.fallback_model, options.device, options.compute_type)
 
 
-def _decode(handle, audio: np.ndarray, options: TranscribeOptions, plan: LanguagePlan) -> Transcript:
-    """Decode one view (mono 16 kHz ``(samples,)``), window run by window run, and flag it."""
+def _decode(handle, audio: np.ndarray, options: TranscribeOptions,
+            plan: LanguagePlan) -> tuple[Transcript, list[tuple[float, float]] | None]:
+    """Decode one view (mono 16 kHz ``(samples,)``), window run by window run, and flag it.
+
+    Returns the transcript and the VAD speech regions found in the view (None
+    when neither flagging nor filling asked for them).
+    """
     from archivox.tasks.hallucination import FlagOptions, flag_segments, speech_regions
 
     segments: list[Segment] = []
@@ -552,7 +636,7 @@ def _decode(handle, audio: np.ndarray, options: TranscribeOptions, plan: Languag
         seg.index = i
     if options.flag:
         flag_segments(segments, plan.language, regions=regions, window_languages=plan.windows)
-    return Transcript(
+    transcript = Transcript(
         segments=segments,
         language=plan.language,
         language_probability=plan.probability,
@@ -563,6 +647,7 @@ def _decode(handle, audio: np.ndarray, options: TranscribeOptions, plan: Languag
         evidence={"language_detected": plan.detected, "language_windows": [list(w) for w in plan.windows],
                   "skipped_speech_filled": filled},
     )
+    return transcript, regions
 
 
 def quiet_cuts(audio: np.ndarray, start_s: float, end_s: float, piece_s: float, search_s: float = 30.0) -> list[tuple[float, float]]:
@@ -774,22 +859,11 @@ def choose(results: Mapping[str, Transcript], agreement_weight: float = 0.5, by:
     best, agreement = _evidence(texts, scores, agreement_weight)
     evidence: dict[str, Any] = {
         "scores": {n: round(scores[n], 4) for n in names},
-        "candidates": {
-            n: {
-                "segments": len(t.segments),
-                "words": sum(len(s.words) for s in t.segments),
-                "flagged_segments": sum(1 for s in t.segments if s.flags),
-                "mean_no_speech_prob": _mean([s.no_speech_prob for s in t.segments]),
-                "max_compression_ratio": max((s.compression_ratio for s in t.segments), default=0.0),
-                "skipped_speech_filled": int(t.evidence.get("skipped_speech_filled", 0)),
-                "input_gain_db": float(t.evidence.get("input_gain_db", 0.0)),
-            }
-            for n, t in results.items()
-        },
+        "candidates": candidate_counts(results),
     }
     if len(names) > 2:
         evidence["mean_agreement"] = {n: round(agreement[n], 4) for n in names}
-    stretches = _stretches(results, min_pause_s) if by == "stretch" and len(names) > 1 else []
+    stretches = shared_pause_stretches(results, min_pause_s) if by == "stretch" and len(names) > 1 else []
     if len(stretches) > 1:
         chosen = _choose_stretches(results, stretches, agreement_weight)
         evidence["stretches"] = chosen.evidence.pop("stretches")
@@ -806,7 +880,23 @@ def choose(results: Mapping[str, Transcript], agreement_weight: float = 0.5, by:
     return chosen
 
 
-def _stretches(results: Mapping[str, Transcript], min_pause_s: float) -> list[tuple[float, float]]:
+def candidate_counts(results: Mapping[str, Transcript]) -> dict[str, dict[str, Any]]:
+    """What each decode holds, for the evidence a transcript records."""
+    return {
+        n: {
+            "segments": len(t.segments),
+            "words": sum(len(s.words) for s in t.segments),
+            "flagged_segments": sum(1 for s in t.segments if s.flags),
+            "mean_no_speech_prob": _mean([s.no_speech_prob for s in t.segments]),
+            "max_compression_ratio": max((s.compression_ratio for s in t.segments), default=0.0),
+            "skipped_speech_filled": int(t.evidence.get("skipped_speech_filled", 0)),
+            "input_gain_db": float(t.evidence.get("input_gain_db", 0.0)),
+        }
+        for n, t in results.items()
+    }
+
+
+def shared_pause_stretches(results: Mapping[str, Transcript], min_pause_s: float) -> list[tuple[float, float]]:
     """Time spans covered by some candidate's spoken segment, split where all of them pause."""
     return merged_spans(((s.start_s, s.end_s) for t in results.values() for s in t.segments if s.text.strip()),
                         join_gap_s=min_pause_s)
@@ -859,14 +949,25 @@ def word_distance(a: str, b: str) -> float:
 
 
 def word_edits(a: list[str], b: list[str]) -> int:
-    """Levenshtein distance between two word lists (insertions, deletions, substitutions)."""
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, start=1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
+    """Levenshtein distance between two word lists (insertions, deletions, substitutions).
+
+    Row by row in numpy: an hour's transcripts (about 10,000 words each)
+    compare in about a second, where a Python double loop took minutes.
+    """
+    if not a or not b:
+        return len(a) + len(b)
+    ids: dict[str, int] = {}
+    xs = [ids.setdefault(w, len(ids)) for w in a]
+    ys = np.array([ids.setdefault(w, len(ids)) for w in b])
+    steps = np.arange(len(b) + 1)
+    prev = steps.copy()
+    best = np.empty_like(prev)
+    for i, x in enumerate(xs, start=1):
+        best[0] = i
+        # Substitution (or match) and deletion at once; then insertions as a running minimum.
+        np.minimum(prev[:-1] + (ys != x), prev[1:] + 1, out=best[1:])
+        prev = np.minimum.accumulate(best - steps) + steps
+    return int(prev[-1])
 
 
 def _norm_words(text: str) -> list[str]:

@@ -80,3 +80,10 @@ def test_run_chooses_the_transcript_among_the_views_asked_for():
     assert options("--asr-views", "denoised, pre_denoise").candidates == ("denoised", "pre_denoise")
     with pytest.raises(ConfigError, match="candidates=.*'raw'"):
         options("--asr-views", "denoised,raw")
+    assert options().stretch_factors == (1.0, 1.05, 0.95) and options().combine == "auto"
+    one_speed = options("--asr-speeds", "1", "--asr-combine", "choose")
+    assert one_speed.stretch_factors == (1.0,) and one_speed.combine == "choose"
+    with pytest.raises(ConfigError, match="--asr-speeds 'fast'"):
+        options("--asr-speeds", "fast")
+    with pytest.raises(ConfigError, match=r"stretch_factors=2.0 is out of range"):
+        options("--asr-speeds", "1,2")

@@ -11,8 +11,8 @@ from scipy.signal import istft, stft
 
 from archivox.errors import ConfigError
 from archivox.tasks.transcribe import (
-    Segment, TranscribeOptions, Transcript, asr_views, choose, observation_mix, score, transcribe_candidates,
-    transcribe_item,
+    Segment, TranscribeOptions, Transcript, asr_views, choose, combine, observation_mix, score,
+    transcribe_candidates, transcribe_item,
 )
 from signals import si_sdr_db, white_noise, word_error_rate
 
@@ -94,16 +94,20 @@ def test_auto_policy_avoids_a_damaging_denoiser(tmp_path):
     for name, audio in (("pre_denoise", noisy), ("restored", restored), ("original", noisy)):
         files[name] = tmp_path / f"{name}.wav"
         sf.write(str(files[name]), audio, 16_000, subtype="FLOAT")
-    options = TranscribeOptions(device="cpu", candidates=("mix", "pre_denoise", "restored"))
+    options = TranscribeOptions(device="cpu", candidates=("mix", "pre_denoise", "restored"), stretch_factors=(1.0,),
+                                combine="choose")
     chosen, results = transcribe_candidates(files, options)
     errors = {name: word_error_rate(t.text(), TEXT) for name, t in results.items()}
     assert errors["restored"] >= 0.6, errors  # the setup really hurts recognition
     assert chosen.candidate != "restored"
     assert errors[chosen.candidate] <= 0.4, errors
     assert set(chosen.evidence["scores"]) == {"mix", "pre_denoise", "restored"}
+    # Voting the same three decodes: the damaged one is outvoted.
+    voted = combine({n: Transcript.from_dict(t.to_dict()) for n, t in results.items()}, TranscribeOptions())
+    assert voted.candidate == "vote" and word_error_rate(voted.text(), TEXT) <= 0.4, voted.text()
 
     # Forcing a view decodes only that view.
-    forced = transcribe_item(files, TranscribeOptions(device="cpu", asr_input="restored"))
+    forced = transcribe_item(files, TranscribeOptions(device="cpu", asr_input="restored", stretch_factors=(1.0,)))
     assert forced.candidate == "restored" and list(forced.evidence["scores"]) == ["restored"]
 
 
@@ -111,7 +115,8 @@ def test_item_without_denoise_stage_uses_restored(tmp_path):
     path = tmp_path / "r.wav"
     sf.write(str(path), _speech_16k(), 16_000, subtype="FLOAT")
     tr = transcribe_item({"restored": path}, TranscribeOptions(device="cpu"))
-    assert tr.candidate == "restored"
+    # The restored view at each of the three default speeds, voted.
+    assert tr.candidate == "vote" and list(tr.evidence["scores"]) == ["restored", "restored@1.05", "restored@0.95"]
     assert word_error_rate(tr.text(), TEXT) <= 0.3
 
 
@@ -165,8 +170,8 @@ def test_denoised_view_is_made_from_pre_denoise_unless_the_item_has_one(tmp_path
 
     # Decoded end to end: every view reads the text, and the choice is recorded.
     chosen, results = transcribe_candidates(files, options)
-    assert set(results) == {"denoised", "pre_denoise", "mix"}
-    assert chosen.candidate and set(chosen.candidate.split("+")) <= set(results)
+    assert list(results) == [f"{v}{s}" for v in ("denoised", "pre_denoise", "mix") for s in ("", "@1.05", "@0.95")]
+    assert chosen.candidate == "vote" and list(chosen.evidence["scores"]) == list(results)
     assert word_error_rate(chosen.text(), TEXT) <= 0.3, chosen.text()
 
 
