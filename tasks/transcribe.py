@@ -490,6 +490,7 @@ def _decode_stretched(handle, audio: np.ndarray, options: TranscribeOptions, pla
     stretched = resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
     transcript, regions = _decode(handle, stretched, options, plan.rescaled(factor))
     del stretched
+
     def back(t: float) -> float:
         # To the millisecond (Whisper's times step by 20 ms), so that a piece
         # starting at a language switch maps back onto it exactly.
@@ -636,7 +637,7 @@ def _decode(handle, audio: np.ndarray, options: TranscribeOptions,
         seg.index = i
     if options.flag:
         flag_segments(segments, plan.language, regions=regions, window_languages=plan.windows)
-    transcript = Transcript(
+    return Transcript(
         segments=segments,
         language=plan.language,
         language_probability=plan.probability,
@@ -646,8 +647,7 @@ def _decode(handle, audio: np.ndarray, options: TranscribeOptions,
         candidate="",
         evidence={"language_detected": plan.detected, "language_windows": [list(w) for w in plan.windows],
                   "skipped_speech_filled": filled},
-    )
-    return transcript, regions
+    ), regions
 
 
 def quiet_cuts(audio: np.ndarray, start_s: float, end_s: float, piece_s: float, search_s: float = 30.0) -> list[tuple[float, float]]:

@@ -176,8 +176,8 @@ def _tokens(transcript: Transcript) -> list[_Token]:
     A segment decoded without word times gives its words spread evenly over
     its span, each as sure as the segment's mean log-probability says.
     """
-    return [_Token(_key(w.word), w, seg) for seg in _spoken(transcript) for w in (seg.words or _spread_words(seg))
-            if _key(w.word)]
+    return [_Token(key, w, seg) for seg in _spoken(transcript) for w in (seg.words or _spread_words(seg))
+            if (key := _key(w.word))]
 
 
 def _by_unit(things: Sequence, starts: Sequence[float], units: Sequence[tuple[float, float]]) -> list[list]:
