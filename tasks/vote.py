@@ -77,7 +77,6 @@ def vote(
     tokens_by_unit = {n: _by_unit(_tokens(results[n]), starts, units) for n in names}
     frames_by_unit = {n: _by_unit(_spoken(results[n]), starts, units) for n in names}
     segments: list[Segment] = []
-    inherited: list[bool] = []
     slots = unanimous = 0
     # Per decode: word slots where it differs from the vote, and its words.
     differs = {n: 0 for n in names}
@@ -116,10 +115,11 @@ def vote(
                 flags=list(seg.flags),
                 candidate="vote",
             ))
-            inherited.append("in_silence" in seg.flags)
     for i, seg in enumerate(segments):
         seg.index = i
     if flag:
+        # Each voted segment still carries its frame segment's flags here.
+        inherited = ["in_silence" in seg.flags for seg in segments]
         flag_segments(segments, first.language, regions=regions, window_languages=windows)
         if regions is None:
             for seg, silent in zip(segments, inherited):
