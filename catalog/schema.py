@@ -85,6 +85,8 @@ WORDS = pa.schema(
         ("end_s", pa.float64()),
         ("word", pa.string()),
         ("probability", pa.float64()),
+        # Share of the decodes that voted for the word; null where none was taken.
+        ("agreement", pa.float64()),
     ]
 )
 

@@ -722,6 +722,7 @@ def transcript_rows(plan: ItemPlan, transcript) -> tuple[list[dict], list[dict]]
                     "end_s": word.end_s,
                     "word": word.word,
                     "probability": word.probability,
+                    "agreement": word.agreement,
                 }
             )
     return segments, words

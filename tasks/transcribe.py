@@ -196,6 +196,10 @@ class Word:
     end_s: float
     word: str
     probability: float
+    # In a voted transcript, the share (0-1) of the decodes that read this
+    # word here; None where no vote was taken. A word most decodes dispute is
+    # one a researcher should listen to.
+    agreement: float | None = None
 
 
 @dataclass

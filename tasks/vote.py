@@ -44,6 +44,7 @@ class _Token:
     key: str  # the word in light normal form, what the vote compares
     word: Word
     segment: Segment
+    agreement: float = 1.0  # share of the decodes that voted for it, once voted
 
 
 def vote(
@@ -61,6 +62,7 @@ def vote(
     are the VAD speech stretches for the ``in_silence`` flag, which without
     them is carried over from the segment the words were placed in.
 
+    Each voted word's ``agreement`` is the share of the decodes that read it.
     ``Transcript.candidate`` is ``"vote"``; ``evidence`` holds each decode's
     score and counts, the share of word slots all decodes agreed on, and each
     decode's agreement with the voted text.
@@ -100,7 +102,8 @@ def vote(
                 continue
             slots += 1
             unanimous += tally[winner] == len(order)
-            voted.append(next(b for b in ballots if b and b.key == winner))
+            chosen = next(b for b in ballots if b and b.key == winner)
+            voted.append(dataclasses.replace(chosen, agreement=tally[winner] / len(order)))
         frame = frames_by_unit[order[0]][u]
         for seg, words in _place(voted, frame):
             text = "".join(t.word.word for t in words).strip()
@@ -110,7 +113,7 @@ def vote(
                 start_s=min(seg.start_s, max(words[0].word.start_s, start)),
                 end_s=max(seg.end_s, min(words[-1].word.end_s, end)),
                 text=text,
-                words=[dataclasses.replace(t.word) for t in words],
+                words=[dataclasses.replace(t.word, agreement=round(t.agreement, 4)) for t in words],
                 compression_ratio=_compression_ratio(text),
                 flags=list(seg.flags),
                 candidate="vote",

@@ -90,6 +90,8 @@ def test_catalog_records_every_stage_segment_word_and_the_run(first_run):
         assert {"dc", "loudness"} <= set(names)
     segments, words = catalog.read("segments"), catalog.read("words")
     assert set(segments["item_id"]) == ok_ids and len(words) > len(segments)
+    # Voted words carry the share of the decodes that read them.
+    assert words["agreement"].between(0.0, 1.0).all() and (words["agreement"] == 1.0).any()
     # By default every item's decodes are voted word by word, and the item row and its segments say so.
     assert set(segments["candidate"]) == {"vote"}
     for row in items[items["status"] == "ok"].itertuples():

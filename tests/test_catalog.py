@@ -69,6 +69,23 @@ def test_readers_agree_and_compaction_keeps_every_row_once(tmp_path):
     assert catalog.duckdb().sql("SELECT count(*) FROM words").fetchall()[0][0] == 15
 
 
+def test_a_catalog_written_before_a_column_was_added_still_reads(tmp_path):
+    # Nightly runs append to catalogs that older releases wrote: words gained "agreement" in session 18.
+    catalog = Catalog(tmp_path)
+    _item(catalog, "old", "an older word list")
+    (part,) = catalog.files("words")
+    table = pq.read_table(part).drop(["agreement"])
+    pq.write_table(table, part)
+    assert "agreement" not in pq.read_schema(part).names
+    catalog.append("words", [{"run_id": "r2", "item_id": "new", "segment_index": 0, "word_index": 0,
+                              "start_s": 1.0, "end_s": 1.4, "word": " new", "agreement": 0.5}])
+    for words in (catalog.read("words"), catalog.duckdb().sql("SELECT * FROM words").df()):
+        by_item = words.groupby("item_id")["agreement"]
+        assert by_item.count().to_dict() == {"new": 1, "old": 0} and by_item.size().to_dict() == {"new": 1, "old": 4}
+    catalog.compact(["words"])
+    assert catalog.read("words")["agreement"].tolist().count(0.5) == 1 and len(catalog.read("words")) == 5
+
+
 def test_a_crash_mid_write_leaves_nothing_visible(tmp_path):
     catalog = Catalog(tmp_path)
     _item(catalog, "kept", "hello")

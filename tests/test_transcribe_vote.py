@@ -43,8 +43,13 @@ def test_each_word_is_the_one_most_decodes_share():
     assert merged.evidence["vote"]["unanimous_share"] == pytest.approx(5 / 8)
     assert set(merged.evidence["scores"]) == set(results)
     assert all(v < 1.0 for v in merged.evidence["agreement_with_chosen"].values())
+    # Each word carries how many of the decodes read it: the disputed ones are those to listen to.
+    shares = {w.word.strip(): w.agreement for w in merged.segments[0].words}
+    assert shares == {"we": pytest.approx(2 / 3, abs=1e-4), "walked": 1.0, "down": pytest.approx(2 / 3, abs=1e-4),
+                      "to": 1.0, "the": 1.0, "river": pytest.approx(2 / 3, abs=1e-4), "and": 1.0, "back": 1.0}
     # The decodes themselves are left as they were.
     assert results["denoised"].text() == "we walked down to the liver and back"
+    assert all(w.agreement is None for s in results["denoised"].segments for w in s.words)
 
 
 def test_a_word_one_decode_adds_or_drops_is_outvoted():
