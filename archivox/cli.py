@@ -426,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--language", help="language of every item (a manifest 'language' column overrides it)")
     run.add_argument("--no-transcribe", action="store_true", help="restore only")
     run.add_argument("--asr-views", metavar="VIEW,...",
-                     help="views the transcript is decoded from (default denoised,pre_denoise,mix); "
-                          "denoised,mix takes a third less transcription time and, at three speeds, read the same WER")
+                     help="views the transcript is decoded from (default denoised,mix,gtcrn; also pre_denoise, "
+                          "restored, original); denoised,mix takes a third less transcription time for a higher WER")
     run.add_argument("--asr-speeds", metavar="FACTOR,...",
                      help="each view is also decoded resampled to these multiples of its length (default "
                           "1,1.05,0.95); 1 alone takes a third of the transcription time for a higher WER")

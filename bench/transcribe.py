@@ -39,8 +39,8 @@ from signals import clicks, corpus_dir, hum  # noqa: E402
 
 from archivox.tasks.dehum import active_level_db  # noqa: E402
 from archivox.tasks.transcribe import (  # noqa: E402
-    QUIET_INPUT_TARGET_DBFS, TranscribeOptions, Transcript, combine, observation_mix, to_whisper_input,
-    transcribe_candidates,
+    QUIET_INPUT_TARGET_DBFS, TranscribeOptions, Transcript, combine, combine_votes, gtcrn_for_asr,
+    observation_mix, to_whisper_input, transcribe_candidates,
 )
 
 RATE_HZ = 48_000
@@ -58,7 +58,6 @@ CONDITIONS = {
     "hum+clicks+hiss": (None, 5.0, 6.0, 20.0),
     "noise 5 dB+hum+clicks": (5.0, 10.0, 4.0, None),
 }
-VIEWS = ["raw", "dsp", "denoised", "mix"]
 # (n, holdout_of) of the utterances the choice policy and its settings were tuned on.
 TUNING_SET = (24, 43)
 
@@ -215,7 +214,7 @@ def main() -> None:
     if args.quiet_input_dbfs is not None:
         lift = None if args.quiet_input_dbfs.lower() == "none" else float(args.quiet_input_dbfs)
         options = replace(options, quiet_input_dbfs=lift)
-    all_views = ["raw", "dsp", "restored", "denoised"] + [f"mix{f:g}" for f in fractions]
+    all_views = ["raw", "dsp", "restored", "denoised"] + [f"mix{f:g}" for f in fractions] + ["gtcrn"]
 
     def errors(refs, hyps):
         """(word errors, reference words) per utterance; an empty reference counts 0 and 0."""
@@ -253,7 +252,8 @@ def main() -> None:
         return
 
     view_of = {"mix": f"mix{options.mix_fraction:g}", "pre_denoise": "dsp", "restored": "restored",
-               "denoised": "denoised", "original": "raw"}
+               "denoised": "denoised", "original": "raw", "gtcrn": "gtcrn"}
+    revision6_factors = tuple(f for f in (1.0, 1.05, 0.95) if f in options.stretch_factors)
     # name: (candidates, stretch factors, how they are combined)
     policies = {
         "denoised+dsp": (("denoised", "pre_denoise"), (1.0,), "choose"),
@@ -265,10 +265,13 @@ def main() -> None:
         "vote, denoised+dsp+mix": (("denoised", "pre_denoise", "mix"), (1.0,), "vote"),
         "choose, default decodes": (options.candidates, options.stretch_factors, "choose"),
         "vote, denoised at each speed": (("denoised",), options.stretch_factors, "vote"),
+        "vote, revision 6's default (denoised+dsp+mix x 1, 1.05, 0.95)":
+            (("denoised", "pre_denoise", "mix"), revision6_factors, "vote"),
     }
-    # Views that are candidates are decoded at every stretch factor too.
+    # Views that are candidates are decoded at every stretch factor too, and
+    # the DSP-only view for revision 6's default.
     stretched = [f for f in options.stretch_factors if f != 1.0]
-    stretch_views = {view_of[c] for c in options.candidates}
+    stretch_views = {view_of[c] for c in options.candidates} | {"dsp"}
     all_decodes = all_views + [f"{v}@{f:g}" for v in all_views if v in stretch_views for f in stretched]
 
     def decodes_of(candidates, factors):
@@ -308,6 +311,7 @@ def main() -> None:
                 views = {"raw": raw16, "dsp": pre16, "restored": rest16, "denoised": den16}
                 for f in fractions:
                     views[f"mix{f:g}"] = observation_mix(rest16, pre16, f)
+                views["gtcrn"] = gtcrn_for_asr(pre16)
                 t = time.perf_counter()
                 # Each view decoded once (candidates at every speed); the policies below combine these.
                 results = _decode_views({v: views[v] for v in all_views}, options, stretch_views)
@@ -389,13 +393,13 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
     rng = np.random.default_rng(7)
     root = _cache_root(args)
     cache = root / "long" if root is not None else None
-    views = ("raw", "dsp", "denoised", "mix")
-    view_of = {"original": "raw", "pre_denoise": "dsp", "denoised": "denoised", "mix": "mix"}
+    views = ("raw", "dsp", "denoised", "mix", "gtcrn")
+    view_of = {"original": "raw", "pre_denoise": "dsp", "denoised": "denoised", "mix": "mix", "gtcrn": "gtcrn"}
     missing = [c for c in options.candidates if c not in view_of]
     multi_speed = {view_of[c] for c in options.candidates}  # decoded at every stretch factor
     if missing:
         raise SystemExit(f"the long items decode no {missing} view; give candidates among {sorted(view_of)}")
-    policies = ("raw", "dsp", "denoised", "mix", "item", "stretch", "archivox")
+    policies = ("raw", "dsp", "denoised", "mix", "gtcrn", "item", "stretch", "archivox")
     stretched = [f for f in options.stretch_factors if f != 1.0]
     decodes = list(views) + [f"{view_of[c]}@{f:g}" for c in options.candidates for f in stretched]
     hyps: dict[str, list[str]] = {k: [] for k in policies}
@@ -422,6 +426,7 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
             pre, denoised, restored, _ = restore_item(degraded)
             audio = {v: to_whisper_input(x, RATE_HZ) for v, x in zip(views, (degraded, pre, denoised))}
             audio["mix"] = observation_mix(to_whisper_input(restored, RATE_HZ), audio["dsp"], options.mix_fraction)
+            audio["gtcrn"] = gtcrn_for_asr(audio["dsp"])
             results = _decode_views({v: audio[v] for v in views}, options, multi_speed)
             _store(cache, "long", row, results)
         seconds += results["raw"].duration_s
@@ -459,22 +464,22 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
         f"{', '.join(f'{f:g}' for f in options.stretch_factors)}, combined by `{options.combine}`. The two columns "
         "before it choose among the same views at their own speed (revision 5's default was per stretch).",
         "",
-        "| condition | raw | dsp | denoised | mix | one view per item | view chosen per stretch "
+        "| condition | raw | dsp | denoised | mix | gtcrn | one view per item | view chosen per stretch "
         "| **archivox (default)** | archivox / raw |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     cond_w = {}
     for cond in conditions:
         cw = {key: wer(by_cond[cond]["refs"], by_cond[cond][key]) for key in policies}
         cond_w[cond] = cw
-        lines.append(f"| {cond} | {cw['raw']:.1f} | {cw['dsp']:.1f} | {cw['denoised']:.1f} | {cw['mix']:.1f} | {cw['item']:.1f} "
+        lines.append(f"| {cond} | {cw['raw']:.1f} | {cw['dsp']:.1f} | {cw['denoised']:.1f} | {cw['mix']:.1f} | {cw['gtcrn']:.1f} | {cw['item']:.1f} "
                      f"| {cw['stretch']:.1f} | **{cw['archivox']:.1f}** | {cw['archivox'] / cw['raw']:.2f} |")
     mean = {key: float(np.mean([cw[key] for cw in cond_w.values()])) for key in policies}
     lines += [
         f"| mean over conditions | {mean['raw']:.1f} | {mean['dsp']:.1f} | {mean['denoised']:.1f} | {mean['mix']:.1f} "
-        f"| {mean['item']:.1f} | {mean['stretch']:.1f} "
+        f"| {mean['gtcrn']:.1f} | {mean['item']:.1f} | {mean['stretch']:.1f} "
         f"| **{mean['archivox']:.1f}** | {mean['archivox'] / mean['raw']:.2f} |",
-        f"| whole items pooled | {w['raw']:.1f} | {w['dsp']:.1f} | {w['denoised']:.1f} | {w['mix']:.1f} | {w['item']:.1f} "
+        f"| whole items pooled | {w['raw']:.1f} | {w['dsp']:.1f} | {w['denoised']:.1f} | {w['mix']:.1f} | {w['gtcrn']:.1f} | {w['item']:.1f} "
         f"| {w['stretch']:.1f} | **{w['archivox']:.1f}** | {w['archivox'] / w['raw']:.2f} |",
         "",
         f"Stretches chosen per view: {', '.join(f'{v} {c}' for v, c in sorted(stretch_views.items()))} "
@@ -720,7 +725,7 @@ def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timin
         f"at stretch factors {', '.join(f'{f:g}' for f in options.stretch_factors)} (resampled: 1.05 plays 5 % slower "
         f"and lower; times mapped back), {len(options.candidates) * len(options.stretch_factors)} decodes combined by "
         f"`{options.combine}`"
-        + (" (word by word, each word the one most decodes share)." if options.combine == "vote" else
+        + (" (word by word, each word the one most decodes share)." if combine_votes(options) else
            " (best evidence kept: confidence plus agreement between candidates).")
         + f" Columns `VIEW@F` are a view decoded at stretch factor F.",
         "Stages the diagnosis chose, per condition (items): "

@@ -7,7 +7,8 @@ initialised only here, on first use; a worker that forks must fork before
 it loads a CUDA denoiser, never after.
 
 The handle takes audio at any rate and channel count, resamples to the
-model's 48 kHz (each channel enhanced on its own), and returns audio at the
+model's rate (48 kHz for dfn3, 16 kHz for gtcrn; each channel enhanced on its
+own), and returns audio at the
 input's rate and length, aligned sample for sample with it. It also brings
 the model's input into the level range the model works in and undoes that
 gain afterwards, so that a quiet transfer is denoised as well as a loud one.
@@ -187,7 +188,26 @@ def _load_dfn3(device: str) -> Denoiser:
     )
 
 
-_FACTORIES: dict[str, Callable[[str], Denoiser]] = {"dfn3": _load_dfn3}
+def _load_gtcrn(device: str) -> Denoiser:
+    from importlib.metadata import version
+
+    from archivox.models import gtcrn
+
+    path = gtcrn.graph_path()
+    return Denoiser(
+        name="gtcrn",
+        # onnxruntime on the CPU whatever the worker has: the network is
+        # small enough that a GPU would wait on the frame loop.
+        device="cpu",
+        version=f"GTCRN ({gtcrn.PACKAGE} {version(gtcrn.PACKAGE)})",
+        weights_path=str(path),
+        weights_sha256=sha256_file(path, cached=True),
+        model_rate_hz=gtcrn.SAMPLE_RATE_HZ,
+        engine=gtcrn.GtcrnEngine(path),
+    )
+
+
+_FACTORIES: dict[str, Callable[[str], Denoiser]] = {"dfn3": _load_dfn3, "gtcrn": _load_gtcrn}
 
 
 def available_denoisers() -> list[str]:

@@ -76,7 +76,7 @@ def test_run_chooses_the_transcript_among_the_views_asked_for():
     def options(*extra):
         return _run_options(build_parser().parse_args(["run", "m.csv", "--out", "o", *extra])).transcribe
 
-    assert options().candidates == ("denoised", "pre_denoise", "mix")
+    assert options().candidates == ("denoised", "mix", "gtcrn")
     assert options("--asr-views", "denoised, pre_denoise").candidates == ("denoised", "pre_denoise")
     with pytest.raises(ConfigError, match="candidates=.*'raw'"):
         options("--asr-views", "denoised,raw")

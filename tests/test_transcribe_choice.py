@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from scipy.signal import istft, stft
 
 from archivox.errors import ConfigError
 from archivox.tasks.transcribe import (
-    Segment, TranscribeOptions, Transcript, asr_views, choose, combine, observation_mix, score,
+    Segment, TranscribeOptions, Transcript, asr_views, choose, combine, gtcrn_for_asr, observation_mix, score,
     transcribe_candidates, transcribe_item,
 )
 from signals import si_sdr_db, white_noise, word_error_rate
@@ -148,8 +149,8 @@ def test_denoised_view_is_made_from_pre_denoise_unless_the_item_has_one(tmp_path
 
     options = TranscribeOptions(device="cpu")
     assert options.candidates[0] == "denoised"
-    views = asr_views(files, options)
-    assert list(views) == list(options.candidates)
+    views = asr_views(files, replace(options, candidates=(*options.candidates, "pre_denoise")))
+    assert list(views) == [*options.candidates, "pre_denoise"]
     pre, den = views["pre_denoise"], views["denoised"]
     assert den.shape == pre.shape and den.dtype == np.float32
     lead = slice(1600, 14_400)  # 0.1-0.9 s: noise only
@@ -170,7 +171,8 @@ def test_denoised_view_is_made_from_pre_denoise_unless_the_item_has_one(tmp_path
 
     # Decoded end to end: every view reads the text, and the choice is recorded.
     chosen, results = transcribe_candidates(files, options)
-    assert list(results) == [f"{v}{s}" for v in ("denoised", "pre_denoise", "mix") for s in ("", "@1.05", "@0.95")]
+    assert list(results) == [v if f == 1.0 else f"{v}@{f:g}" for v in ("denoised", "mix", "gtcrn")
+                             for f in options.stretch_factors]
     assert chosen.candidate == "vote" and list(chosen.evidence["scores"]) == list(results)
     assert word_error_rate(chosen.text(), TEXT) <= 0.3, chosen.text()
 
@@ -186,12 +188,13 @@ def test_a_file_two_views_read_in_a_row_is_read_once(tmp_path, monkeypatch):
     real = transcribe.load_audio_16k
     monkeypatch.setattr(transcribe, "load_audio_16k", lambda path: reads.append(Path(path).stem) or real(path))
 
-    # The default order: the pre-denoise view, then the mix, which reads it again.
+    # The default order: the mix, then the GTCRN view, which reads the pre-denoise file again.
     views = asr_views(files, TranscribeOptions())
+    assert list(views) == ["denoised", "mix", "gtcrn"]
     assert sorted(reads) == ["denoised", "pre_denoise", "restored"]
     expected_mix = observation_mix(real(files["restored"]), real(files["pre_denoise"]), 0.3)
     assert np.allclose(views["mix"], expected_mix)
-    assert np.allclose(views["pre_denoise"], real(files["pre_denoise"]))
+    assert np.allclose(views["gtcrn"], gtcrn_for_asr(real(files["pre_denoise"])))
 
     # A view in between: the file is let go and read again, so no two files wait through a decode.
     reads.clear()
