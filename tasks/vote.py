@@ -1,14 +1,15 @@
 """Merging several decodes of one item word by word (ROVER).
 
 Whisper's mistakes on degraded audio change with what it hears: the
-denoised view, the DSP-only view, the mix, and each of them played a few
-per cent slower or faster, err in different places. Choosing one whole
-decode per stretch cannot take the right word from each; voting can. On all
-169 untuned corpus utterances (bench/results/transcribe-2026-11-22-vm-session17.md)
-the vote over nine decodes (three views at three speeds) read 0.82x raw's
-WER against 0.86x for the evidence-based choice among the three views, and
-was better than raw in every condition. Three views at one speed vote no
-better than they are chosen between: the gain comes from the speeds.
+denoised view, the mix, the GTCRN view, and each of them played a few per
+cent slower or faster, err in different places. Choosing one whole decode
+per stretch cannot take the right word from each; voting can. On all 169
+untuned corpus utterances (bench/results/transcribe-2026-11-22-vm-session18.md)
+the vote over nine decodes (three views at three speeds) read 0.81x raw's
+WER against 0.86x for the evidence-based choice among three views at one
+speed, and was better than raw in every condition. Three views at one speed
+vote no better than they are chosen between: the gain comes from the
+speeds, and from views whose errors differ.
 
 The method is Fiscus's ROVER (1997): the decodes are aligned into a word
 confusion network by progressive edit-distance alignment, the most
