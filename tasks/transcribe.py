@@ -196,6 +196,10 @@ class TranscribeOptions:
         if bad or not self.candidates:
             raise ConfigError(f"candidates={list(self.candidates)} must be a non-empty list of {', '.join(VIEWS)}")
 
+    def views(self) -> tuple[str, ...]:
+        """The views an item is decoded from: the candidates with ``asr_input="auto"``, else that one view."""
+        return self.candidates if self.asr_input == "auto" else (self.asr_input,)
+
 
 @dataclass
 class Word:
@@ -348,10 +352,9 @@ def asr_view_loaders(
     memory holds one view (mono 16 kHz, about 0.23 GB per hour) rather than
     all of them.
     """
-    wanted = list(options.candidates) if options.asr_input == "auto" else [options.asr_input]
     reads: dict[str, list[str]] = {}  # view -> the sources its loader reads
     makers: dict[str, Callable[[], np.ndarray]] = {}
-    for name in wanted:
+    for name in options.views():
         if name == "denoised" and "denoised" not in sources:
             if "pre_denoise" in sources:
                 reads[name] = []  # denoise_for_asr reads the file at its own rate

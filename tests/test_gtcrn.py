@@ -98,3 +98,18 @@ def test_blocks_of_frames_change_nothing(gtcrn, noisy_speech, monkeypatch):
     assert np.array_equal(gtcrn(noisy, RATE_HZ).audio, whole)
     for n in (1, 255, 256, 257, 513):  # lengths around the hop and the frame
         assert gtcrn(noisy[:n], RATE_HZ).audio.shape == (1, n)
+
+
+def test_the_chains_denoise_stage_runs_gtcrn_by_name(noisy_speech):
+    from scipy.signal import resample_poly
+
+    from archivox.tasks.denoise import Denoise
+
+    _, noisy = noisy_speech
+    audio = resample_poly(noisy, 3, 1).astype(np.float32)[None, :]  # (1, samples) at 48 kHz
+    out = Denoise(model="gtcrn", dnsmos=False, wet_mix=1.0, device="cpu")(audio, 48_000)
+    lead = slice(3 * LEAD.start, 3 * LEAD.stop)
+    assert out.audio.shape == audio.shape
+    assert rms_db(out.audio[0][lead]) < rms_db(audio[0][lead]) - 15.0
+    assert out.metrics["model"] == "gtcrn" and out.metrics["device"] == "cpu"
+    assert "lsnr_median_db" not in out.metrics  # GTCRN estimates no SNR; nothing is made up

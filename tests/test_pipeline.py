@@ -163,3 +163,22 @@ def test_kept_asr_views_are_reused_only_for_the_same_bytes_and_restoration(tmp_p
     listing.with_suffix(".aside").rename(listing)
     write_wav(tmp_path / "root" / "tape.wav", speech_like(1.0) * 0.5, RATE_HZ)  # the original changed
     assert plan_with().carried == {}
+
+
+def test_the_models_a_run_depends_on_are_fingerprinted():
+    from archivox.models import gtcrn
+    from archivox.tasks.transcribe import TranscribeOptions
+    from archivox.tasks.fixity import sha256_file
+
+    default = pipeline.models_fingerprint(RunOptions())
+    assert set(default) == {"whisper", "denoiser", "asr_denoiser"}
+    assert default["denoiser"]["name"] == "dfn3"
+    # The transcript hears GTCRN: its graph is part of the key that says whether transcripts are current.
+    assert default["asr_denoiser"] == {"name": "gtcrn", "path": str(gtcrn.graph_path()),
+                                       "sha256": sha256_file(gtcrn.graph_path())}
+    two_views = RunOptions(transcribe=TranscribeOptions(candidates=("denoised", "mix")))
+    assert "asr_denoiser" not in pipeline.models_fingerprint(two_views)
+    assert pipeline.models_key(pipeline.models_fingerprint(two_views)) != pipeline.models_key(default)
+    # The chain's denoiser is fingerprinted by the model it runs, not always DeepFilterNet3's.
+    chain_gtcrn = RunOptions(restore=RestoreOptions(params={"denoise": {"model": "gtcrn"}}), transcribe_enabled=False)
+    assert pipeline.models_fingerprint(chain_gtcrn) == {"denoiser": default["asr_denoiser"]}
