@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from math import gcd
 from typing import Callable
 
@@ -193,17 +194,17 @@ def _load_gtcrn(device: str) -> Denoiser:
 
     from archivox.models import gtcrn
 
-    path = gtcrn.graph_path()
+    identity = weights_identity("gtcrn")
     return Denoiser(
         name="gtcrn",
         # onnxruntime on the CPU whatever the worker has: the network is
         # small enough that a GPU would wait on the frame loop.
         device="cpu",
         version=f"GTCRN ({gtcrn.PACKAGE} {version(gtcrn.PACKAGE)})",
-        weights_path=str(path),
-        weights_sha256=sha256_file(path, cached=True),
+        weights_path=identity["path"],
+        weights_sha256=identity["sha256"],
         model_rate_hz=gtcrn.SAMPLE_RATE_HZ,
-        engine=gtcrn.GtcrnEngine(path),
+        engine=gtcrn.GtcrnEngine(Path(identity["path"])),
     )
 
 
