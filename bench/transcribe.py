@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import math
 import platform
 import sys
@@ -415,7 +416,9 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
         for i, _ in members:
             spans.append((t, t + speech[i].size / RATE_HZ))
             t = spans[-1][1] + pause_s
-        row = {"path": f"long_{k:03d}.wav"}
+        # Named by what the item is made of: another --n joins other utterances under the same k.
+        made_of = hashlib.sha256("|".join(f"{rows[i]['path']}@{cond}" for i, cond in members).encode()).hexdigest()
+        row = {"path": f"long_{k:03d}_{made_of[:12]}.wav"}
         results = _cached(cache, "long", row, decodes)
         if results is None:
             quiet = (1e-3 * rng.standard_normal(int(pause_s * RATE_HZ))).astype(np.float32)
