@@ -389,30 +389,51 @@ def seams(args, lines: list[str]) -> None:
 
 
 def throughput(args, lines: list[str]) -> None:
-    """``--hours`` of synthetic noisy speech in items of ``--item-seconds``, ``--batch`` items per call."""
+    """``--hours`` of synthetic noisy speech, once per combination of item length, batch and chunk size."""
     dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    eng = load_denoiser("dfn3", dev).engine
-    eng = dfn3.DFN3Engine(eng.net, torch.device(dev), chunk_frames=args.chunk_frames, cpu_threads=min(args.threads))
-    item_s = args.item_seconds
-    n_items = int(round(args.hours * 3600 / item_s))
-    base = (speech_like(item_s, seed=1)[0] + white_noise(item_s, -30.0, seed=2)[0]).astype(np.float32)
-    items = [np.roll(base, 4801 * i) for i in range(args.batch)]
-    eng.enhance_many(items[:2])  # warm-up
-    done, wall = 0, 0.0
-    while done < n_items:
-        k = min(args.batch, n_items - done)
-        _, w, _ = timed(eng.enhance_many, items[:k], sync_cuda=dev.startswith("cuda"))
-        wall += w
-        done += k
-    audio_s = n_items * item_s
-    name = torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU, {min(args.threads)} thread(s)"
+    net = load_denoiser("dfn3", dev).engine.net
+    cuda = dev.startswith("cuda")
+    name = torch.cuda.get_device_name() if cuda else f"CPU, {min(args.threads)} thread(s)"
     lines += [
-        f"## Throughput: {audio_s / 3600:g} h of audio on {dev} ({name})",
+        f"## Throughput: {args.hours:g} h of audio on {dev} ({name})",
         "",
-        f"- {n_items} items of {item_s:g} s, {args.batch} per batch, chunks of {args.chunk_frames} frames: "
-        f"{audio_s / wall:.0f}x real time ({wall:.1f} s wall)",
+        "Items are synthetic noisy speech at 48 kHz (one base item, rotated so that no two are alike); each batch "
+        "is one `enhance_many` call, timed from the numpy input to the numpy output, transfers included, after "
+        "one untimed call of the same size.",
         "",
+        f"| item length (s) | items per batch | chunk (frames) | x real time (median of {args.repeats}) | range | "
+        "wall (s) | peak GPU memory (GiB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    for item_s in args.item_seconds:
+        n_items = int(round(args.hours * 3600 / item_s))
+        base = (speech_like(item_s, seed=1)[0] + white_noise(item_s, -30.0, seed=2)[0]).astype(np.float32)
+        items = [np.roll(base, 4801 * i) for i in range(min(max(args.batch), n_items))]
+        for batch in args.batch:
+            for chunk in args.chunk_frames:
+                eng = dfn3.DFN3Engine(net, torch.device(dev), chunk_frames=chunk, cpu_threads=min(args.threads))
+                # Warm-up at full size: the first call of a shape pays for pinned host
+                # buffers and cuDNN plans, which a worker pays once per process.
+                eng.enhance_many(items[: min(batch, n_items)])
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                walls = []
+                for _ in range(args.repeats):
+                    done, wall = 0, 0.0
+                    while done < n_items:
+                        k = min(batch, n_items - done)
+                        _, w, _ = timed(eng.enhance_many, items[:k], sync_cuda=cuda)
+                        wall += w
+                        done += k
+                    walls.append(wall)
+                wall = float(np.median(walls))
+                peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if cuda else ""
+                speeds = sorted(n_items * item_s / w for w in walls)
+                row = (f"| {item_s:g} | {batch} | {chunk} | {n_items * item_s / wall:.0f} | "
+                       f"{speeds[0]:.0f}-{speeds[-1]:.0f} | {wall:.2f} | {peak} |")
+                print(row, flush=True)
+                lines.append(row)
+    lines.append("")
 
 
 def main() -> None:
@@ -421,9 +442,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--threads", default="1", help="torch CPU threads per call to measure, comma separated")
     ap.add_argument("--hours", type=float, default=0.0, help="also measure throughput on this many hours of audio")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--item-seconds", type=float, default=60.0)
-    ap.add_argument("--chunk-frames", type=int, default=1000)
+    ap.add_argument("--batch", default="64", help="items per call in the throughput run, comma separated")
+    ap.add_argument("--item-seconds", default="60", help="item lengths in the throughput run, comma separated")
+    ap.add_argument("--chunk-frames", default="1000", help="chunk sizes in the throughput run, comma separated")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes over the --hours of audio (median reported)")
     ap.add_argument("--seam-minutes", type=float, default=10.0)
     ap.add_argument("--skip-corpus", action="store_true", help="skip the VoiceBank+DEMAND table")
     ap.add_argument("--skip-seams", action="store_true")
@@ -433,6 +455,9 @@ def main() -> None:
     ap.add_argument("--note", default="", help="one line for the results file's header (what this run adds)")
     args = ap.parse_args()
     args.threads = [int(t) for t in args.threads.split(",")]
+    args.batch = [int(b) for b in args.batch.split(",")]
+    args.item_seconds = [float(i) for i in args.item_seconds.split(",")]
+    args.chunk_frames = [int(c) for c in args.chunk_frames.split(",")]
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is available")
 
@@ -444,8 +469,9 @@ def main() -> None:
         f"- date: {dt.date.today().isoformat()}; command: `python bench/denoise.py {shlex.join(sys.argv[1:])}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores; torch {torch.__version__}"
         + (f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "; no GPU"),
-        f"- the CPU is shared with other engineers' jobs while this runs (load average at start "
-        f"{load_start[0]:.1f}); wall-clock speeds are therefore pessimistic and noisy, CPU-time speeds less so",
+        (f"- the machine was busy when this started (load average {load_start[0]:.1f}); "
+         "wall-clock speeds are therefore pessimistic and noisy, CPU-time speeds less so" if load_start[0] >= max(1.0, 0.25 * (os.cpu_count() or 1))
+         else f"- nothing else ran on the machine (load average at start {load_start[0]:.1f})"),
         "- scores at 16 kHz against the clean references; DNSMOS is the P.835 model shipped by speechmos",
     ]
     if args.note:

@@ -640,32 +640,83 @@ class DFN3Engine:
 
     def enhance(self, audio: np.ndarray, attenuation_limit_db: float | None = None) -> EnhanceResult:
         """Enhance 48 kHz audio (streams, samples) or (samples,). ``attenuation_limit_db`` None: no limit."""
+        x = np.asarray(audio, dtype=np.float32)
+        return self._run([x[None] if x.ndim == 1 else x], attenuation_limit_db)[0]
+
+    def enhance_many(self, items: list[np.ndarray], attenuation_limit_db: float | None = None) -> list[EnhanceResult]:
+        """Enhance several 48 kHz recordings (each (channels, samples) or (samples,)) in one batch.
+
+        Every channel of every item is one stream of the batch. A shorter item
+        sees zeros after its end; the network is causal apart from its 2-frame
+        look-ahead, which sees zeros past the end either way, so each result
+        equals enhancing that item alone.
+        """
+        arrays = [np.atleast_2d(np.asarray(i, dtype=np.float32)) for i in items]
+        return self._run(arrays, attenuation_limit_db) if arrays else []
+
+    def _run(self, arrays: list[np.ndarray], attenuation_limit_db: float | None) -> list[EnhanceResult]:
         threads = self.cpu_threads if self.device.type == "cpu" else None
         previous = torch.get_num_threads()
         if threads is not None and threads != previous:
             # Process-wide in torch; restored afterwards so callers keep their setting.
             torch.set_num_threads(threads)
         try:
-            return self._enhance(audio, attenuation_limit_db)
+            if self.device.type == "cuda":
+                # cuDNN's TF32 convolutions would cost parity with the C runtime
+                # (84 dB instead of 131 dB on an H100) and were no faster for
+                # this network. The switch is process-wide: a concurrent thread
+                # may restore it early, which still leaves > 80 dB.
+                with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+                    return self._enhance(arrays, attenuation_limit_db)
+            return self._enhance(arrays, attenuation_limit_db)
         finally:
             if threads is not None and threads != previous:
                 torch.set_num_threads(previous)
 
     @torch.inference_mode()
-    def _enhance(self, audio: np.ndarray, attenuation_limit_db: float | None) -> EnhanceResult:
-        x = np.asarray(audio, dtype=np.float32)
-        if x.ndim == 1:
-            x = x[None]
-        n_st, n = x.shape
+    def _enhance(self, arrays: list[np.ndarray], attenuation_limit_db: float | None) -> list[EnhanceResult]:
+        """Walk all streams of ``arrays`` (each (channels, samples)) through the network chunk by chunk.
+
+        Host work is kept to one pass over the input (gathering each chunk)
+        and one over the output (scattering finished samples into each item's
+        array). On a GPU the chunk's transfers go through pinned buffers, two
+        of each, so that the host scatters chunk k - 1 while the GPU computes
+        chunk k.
+        """
         path, dev = self.path, self.device
+        cuda = dev.type == "cuda"
+        n_st = sum(a.shape[0] for a in arrays)
+        n = max(a.shape[1] for a in arrays)
         n_out = -(-n // HOP) + 1  # output frames: frame tau covers samples [480 (tau - 1), 480 (tau + 1))
         n_net = n_out + LOOKAHEAD  # the network runs 2 frames ahead of the output
         lim = None
         if attenuation_limit_db is not None and attenuation_limit_db < 100:
             lim = 10 ** (-abs(attenuation_limit_db) / 20)
 
-        y_out = np.zeros((n_st, (n_out + 1) * HOP), np.float32)
-        lsnr_out = np.zeros((n_st, n_out), np.float32)
+        audio_out = [np.empty(a.shape, np.float32) for a in arrays]
+        lsnr_out = [np.zeros((a.shape[0], -(-a.shape[1] // HOP) + 1), np.float32) for a in arrays]
+        chunk = min(self.chunk_frames, n_net)
+        buffers = 2 if cuda else 1
+        seg_bufs = [torch.empty(n_st * (chunk + 1) * HOP, pin_memory=cuda) for _ in range(buffers)]
+        if cuda:
+            out_bufs = [torch.empty(n_st * chunk * HOP, pin_memory=True) for _ in range(buffers)]
+            lsnr_bufs = [torch.empty(n_st * chunk, pin_memory=True) for _ in range(buffers)]
+
+        def scatter(out: np.ndarray, lsnr: np.ndarray, tau0: int, t: int) -> None:
+            """Copy the finished output frames [tau0, tau0 + t) of every stream into its item's arrays."""
+            # Output frame tau's first hop is input sample 480 (tau - 1).
+            s0, skip = (tau0 - 1) * HOP, max(0, -tau0)
+            row = 0
+            for a, y, ls in zip(arrays, audio_out, lsnr_out):
+                c, m = a.shape
+                lo, hi = max(0, s0), min(m, s0 + t * HOP)
+                if hi > lo:
+                    y[:, lo:hi] = out[row : row + c, lo - s0 : hi - s0]
+                f1 = min(ls.shape[1], tau0 + t)
+                if f1 > tau0 + skip:
+                    ls[:, tau0 + skip : f1] = lsnr[row : row + c, skip : f1 - tau0]
+                row += c
+
         mean_state = path.mean_init.expand(n_st, NB_ERB).clone()
         unit_state = path.unit_init.expand(n_st, NB_DF).clone()
         state = None
@@ -673,18 +724,26 @@ class DFN3Engine:
         # Noisy spectrum of the 4 frames before the chunk: the deep filter reaches
         # 2 frames behind the output frame, which itself is 2 behind the network.
         spec_hist = torch.zeros(n_st, 4, N_FREQS, dtype=torch.complex64, device=dev)
-        for a in range(0, n_net, self.chunk_frames):
+        # The last hop of a chunk's overlap-add still waits for the next chunk's first frame.
+        ola_tail = torch.zeros(n_st, HOP, device=dev)
+        pending = None
+        for k, a in enumerate(range(0, n_net, self.chunk_frames)):
             b = min(n_net, a + self.chunk_frames)
             t = b - a
-            # Samples of frames [a, b) are x_pad[480 a : 480 (b + 1)], where x_pad
-            # is the input with one hop of zeros in front (libDF's analysis memory
-            # starts at zero) and zeros after. Only this chunk goes to the device.
-            s0, s1 = a * HOP - HOP, (b + 1) * HOP - HOP
-            seg = np.zeros((n_st, s1 - s0), np.float32)
-            lo, hi = max(0, s0), max(0, min(n, s1))
-            if hi > lo:
-                seg[:, lo - s0 : hi - s0] = x[:, lo:hi]
-            seg_t = torch.from_numpy(seg).to(dev, non_blocking=False)
+            # Frames [a, b) read input samples [480 (a - 1), 480 b): libDF's
+            # analysis memory starts at zero, so frame 0 sees one hop of zeros.
+            s0, s1 = (a - 1) * HOP, b * HOP
+            seg = seg_bufs[k % buffers][: n_st * (s1 - s0)].view(n_st, s1 - s0)
+            seg_np, row = seg.numpy(), 0
+            for x in arrays:
+                c, m = x.shape
+                lo, hi = max(0, s0), max(0, min(m, s1))
+                if hi - lo < s1 - s0:
+                    seg_np[row : row + c] = 0.0
+                if hi > lo:
+                    seg_np[row : row + c, lo - s0 : hi - s0] = x[:, lo:hi]
+                row += c
+            seg_t = seg.to(dev, non_blocking=True)
             spec = path.stft(seg_t.unfold(-1, FFT_SIZE, HOP))  # (S, t, 481)
             erb_db = path.erb_power_db(spec)
             mean = exp_smooth(erb_db, mean_state)
@@ -715,33 +774,25 @@ class DFN3Engine:
             if lim is not None:
                 y = y * (1 - lim) + x_spec * lim
             frames = path.istft_frames(y)  # (S, t, 960)
-            ola = F.pad(frames[..., :HOP], (0, 0, 0, 1)) + F.pad(frames[..., HOP:], (0, 0, 1, 0))
-            ola = ola.reshape(n_st, -1).cpu().numpy()
-            tau0 = a - LOOKAHEAD
-            skip = max(0, -tau0)  # output frames before 0 are the runtime's start-up zeros
-            lo = (tau0 + skip) * HOP
-            y_out[:, lo : lo + ola.shape[1] - skip * HOP] += ola[:, skip * HOP :]
-            lsnr_out[:, tau0 + skip : tau0 + t] = lsnr[:, skip:].cpu().numpy()
-        # Output frame tau sits at y_out[480 tau:], which is input sample 480 (tau - 1).
-        return EnhanceResult(y_out[:, HOP : HOP + n].copy(), lsnr_out)
-
-    def enhance_many(self, items: list[np.ndarray], attenuation_limit_db: float | None = None) -> list[EnhanceResult]:
-        """Enhance several 48 kHz recordings (each (channels, samples) or (samples,)) in one batch.
-
-        Shorter items are zero-padded at the end; the network is causal apart
-        from its 2-frame look-ahead, which sees zeros past the end either
-        way, so each result equals enhancing that item alone.
-        """
-        arrays = [np.atleast_2d(np.asarray(i, dtype=np.float32)) for i in items]
-        if not arrays:
-            return []
-        longest = max(a.shape[1] for a in arrays)
-        stacked = np.concatenate([np.pad(a, ((0, 0), (0, longest - a.shape[1]))) for a in arrays], 0)
-        res = self.enhance(stacked, attenuation_limit_db)
-        out, row = [], 0
-        for a in arrays:
-            c, n = a.shape
-            frames = -(-n // HOP) + 1
-            out.append(EnhanceResult(res.audio[row : row + c, :n].copy(), res.lsnr_db[row : row + c, :frames].copy()))
-            row += c
-        return out
+            head = frames[..., :HOP].clone()  # (S, t, 480): the first half of each frame ...
+            head[:, 0] += ola_tail
+            head[:, 1:] += frames[:, :-1, HOP:]  # ... plus the second half of the frame before
+            ola_tail = frames[:, -1, HOP:]
+            if not cuda:
+                scatter(head.reshape(n_st, t * HOP).numpy(), lsnr.numpy(), a - LOOKAHEAD, t)
+                continue
+            out = out_bufs[k % buffers][: n_st * t * HOP].view(n_st, t * HOP)
+            out.copy_(head.reshape(n_st, t * HOP), non_blocking=True)
+            lsnr_host = lsnr_bufs[k % buffers][: n_st * t].view(n_st, t)
+            lsnr_host.copy_(lsnr, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            # Scatter the previous chunk while the GPU works on this one.
+            if pending is not None:
+                pending[0].synchronize()
+                scatter(pending[1].numpy(), pending[2].numpy(), *pending[3:])
+            pending = (event, out, lsnr_host, a - LOOKAHEAD, t)
+        if pending is not None:
+            pending[0].synchronize()
+            scatter(pending[1].numpy(), pending[2].numpy(), *pending[3:])
+        return [EnhanceResult(y, ls) for y, ls in zip(audio_out, lsnr_out)]
