@@ -91,6 +91,7 @@ def main() -> int:
     parser.add_argument("--retranscribe", action="store_true",
                         help="also time a transcription-only change, with and without the kept ASR views")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="archivox-throughput-"))
     _prefect_env(work / "prefect-home")
@@ -133,8 +134,9 @@ def main() -> int:
     lines = [
         f"# archivox throughput: {args.n}-item archive, {audio_s / 60:.1f} min of audio",
         "",
-        (f"- machine: {platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
-        "(shared with other jobs while measured: absolute speeds are pessimistic)"),
+        (f"- machine: {platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+         f"load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (above the task "
+         "threads, other jobs shared the machine and absolute speeds are pessimistic)"),
         (f"- stages: {', '.join(options.restore.resolved_stages())}; transcription: "
         f"{'off' if args.no_transcribe else options.transcribe.model}; device: {args.device}; task threads: {args.workers}"),
         f"- items: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped",
