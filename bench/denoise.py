@@ -306,7 +306,7 @@ def corpus_table(args, lines: list[str]) -> None:
         engines[dev].cpu_threads = th
         names = [f.name for f in files]
         res, w, c = timed(engines[dev].enhance_many, [noisy48[n] for n in names], sync_cuda=dev == "cuda")
-        s = System(f"archivox torch, {dev}" + (f", {th} thread(s)" if dev == "cpu" else "") + f", {len(names)} files in one batch")
+        s = System(f"archivox torch, {dev}" + (f", {th} thread(s)" if dev == "cpu" else "") + f", {len(names)} files in one enhance_many call" + (" (one batch)" if engines[dev].batch_items else " (one by one)"))
         s.outputs = {n: to16(r.audio[0]) for n, r in zip(names, res)}
         s.wall_s, s.cpu_s = w, c
         systems[f"{dev}-batch"] = s

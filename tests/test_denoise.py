@@ -143,9 +143,11 @@ def test_chunked_equals_one_piece(net):
 
 
 def test_items_batched_equal_items_alone(net):
-    eng = engine(net, chunk_frames=200)
+    # Batching is a GPU default; forced here so that CI (CPU only) covers the stacked path.
+    eng = dfn3.DFN3Engine(net, torch.device("cpu"), chunk_frames=200, batch_items=True)
     _, a = noisy_speech(1.3, seed=6)
     _, b = noisy_speech(2.1, seed=7)
+    assert not engine(net).batch_items
     batched = eng.enhance_many([a, b])
     for item, res in zip((a, b), batched):
         alone = eng.enhance(item)

@@ -47,6 +47,7 @@ def test_auto_puts_the_model_on_the_gpu(gpu):
     auto = load_denoiser("dfn3", device="auto")
     assert auto.device == "cuda"
     assert all(p.is_cuda for p in auto.engine.net.parameters())
+    assert auto.engine.batch_items  # enhance_many stacks items into one batch on a GPU
     assert gpu.weights_sha256 == auto.weights_sha256
 
 
