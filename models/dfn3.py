@@ -41,6 +41,7 @@ Shapes: ``B`` batch (streams: channels or items), ``T`` frames,
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tarfile
 from dataclasses import dataclass
@@ -644,8 +645,7 @@ class DFN3Engine:
 
     def enhance(self, audio: np.ndarray, attenuation_limit_db: float | None = None) -> EnhanceResult:
         """Enhance 48 kHz audio (streams, samples) or (samples,). ``attenuation_limit_db`` None: no limit."""
-        x = np.asarray(audio, dtype=np.float32)
-        return self._run([x[None] if x.ndim == 1 else x], attenuation_limit_db)[0]
+        return self._run([np.atleast_2d(np.asarray(audio, dtype=np.float32))], attenuation_limit_db)[0]
 
     def enhance_many(self, items: list[np.ndarray], attenuation_limit_db: float | None = None) -> list[EnhanceResult]:
         """Enhance several 48 kHz recordings (each (channels, samples) or (samples,)).
@@ -667,15 +667,15 @@ class DFN3Engine:
         if threads is not None and threads != previous:
             # Process-wide in torch; restored afterwards so callers keep their setting.
             torch.set_num_threads(threads)
+        # cuDNN's TF32 convolutions would cost parity with the C runtime (84 dB
+        # instead of 131 dB on an H100) and were no faster for this network.
+        # The switch is process-wide: a concurrent thread may restore it early,
+        # which still leaves > 80 dB.
+        precision = (torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if self.device.type == "cuda"
+                     else contextlib.nullcontext())
         try:
-            if self.device.type == "cuda":
-                # cuDNN's TF32 convolutions would cost parity with the C runtime
-                # (84 dB instead of 131 dB on an H100) and were no faster for
-                # this network. The switch is process-wide: a concurrent thread
-                # may restore it early, which still leaves > 80 dB.
-                with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-                    return self._enhance(arrays, attenuation_limit_db)
-            return self._enhance(arrays, attenuation_limit_db)
+            with precision:
+                return self._enhance(arrays, attenuation_limit_db)
         finally:
             if threads is not None and threads != previous:
                 torch.set_num_threads(previous)
@@ -723,6 +723,10 @@ class DFN3Engine:
                 if f1 > tau0 + skip:
                     ls[:, tau0 + skip : f1] = lsnr[row : row + c, skip : f1 - tau0]
                 row += c
+
+        def scatter_when_copied(copied: torch.cuda.Event, out: torch.Tensor, lsnr: torch.Tensor, tau0: int, t: int) -> None:
+            copied.synchronize()
+            scatter(out.numpy(), lsnr.numpy(), tau0, t)
 
         mean_state = path.mean_init.expand(n_st, NB_ERB).clone()
         unit_state = path.unit_init.expand(n_st, NB_DF).clone()
@@ -796,10 +800,8 @@ class DFN3Engine:
             event.record()
             # Scatter the previous chunk while the GPU works on this one.
             if pending is not None:
-                pending[0].synchronize()
-                scatter(pending[1].numpy(), pending[2].numpy(), *pending[3:])
+                scatter_when_copied(*pending)
             pending = (event, out, lsnr_host, a - LOOKAHEAD, t)
         if pending is not None:
-            pending[0].synchronize()
-            scatter(pending[1].numpy(), pending[2].numpy(), *pending[3:])
+            scatter_when_copied(*pending)
         return [EnhanceResult(y, ls) for y, ls in zip(audio_out, lsnr_out)]
