@@ -1,7 +1,7 @@
 """End-to-end throughput of an archive run, and how much of its wall time is spent outside the stages.
 
 Builds a synthetic archive of ``--n`` speech items (espeak-ng over a little
-hiss, ``--repeats`` sentences each), runs the ``archive_run`` flow over it in
+hiss, ``--sentences`` different sentences each), runs the ``archive_run`` flow over it in
 this process (Prefect's embedded server, a bounded thread pool) and reads
 back where the time went:
 
@@ -10,10 +10,14 @@ back where the time went:
 - ``outside``: everything else in the flow run's wall time: probing, decoding
   with ffmpeg, the diagnosis, FLAC/WAV/Parquet writes, fixity hashing, the
   catalog, Prefect's task orchestration and artifacts.
+- ``diagnosis``: the analysis that picks each item's stages (its seconds are
+  kept in the catalog's ``items.diagnosis``). It is computation on the audio,
+  like a stage, so it is counted apart from orchestration and I/O.
 
 With ``--workers 1`` the tasks run one at a time, so the parts add up to the
-wall time and ``outside / wall`` is the fraction the issue bounds (at most 5 %).
-With more workers, the busy fraction is reported instead.
+wall time, and ``orchestration and I/O / wall`` (outside, less the diagnosis)
+is the fraction the issue bounds (at most 5 %). With more workers, the busy
+fraction is reported instead.
 
 ``--retranscribe`` then changes only a transcription setting and runs twice
 more over the same outputs: once as archivox does it (from the kept ASR
@@ -27,6 +31,7 @@ and the views' size on disk against the restored files'.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -81,7 +86,9 @@ def _flow_wall_s(flow_run_id: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=50, help="items in the archive")
-    parser.add_argument("--repeats", type=int, default=4, help="sentences per item (about 2.5-3.5 s each)")
+    parser.add_argument("--sentences", type=int, default=4,
+                        help="different sentences per item (about 2.5-3.5 s each); one sentence repeated would trip "
+                             "Whisper's compression-ratio fallback and time that instead")
     parser.add_argument("--workers", type=int, default=1, help="task threads of the run (RunOptions.max_workers)")
     parser.add_argument("--stages", default="", help="comma-separated stages; empty: every stage installed")
     parser.add_argument("--no-transcribe", action="store_true")
@@ -103,7 +110,7 @@ def main() -> int:
     from archivox.flows.archive_run import run_archive
 
     started = time.perf_counter()
-    manifest = speech_archive(work / "archive", args.n, seed=3, repeats=args.repeats)
+    manifest = speech_archive(work / "archive", args.n, seed=3, sentences=args.sentences)
     build_s = time.perf_counter() - started
 
     options = RunOptions(
@@ -129,18 +136,22 @@ def main() -> int:
     inside = stages_total + transcribe_s
     outside = wall_s - inside if args.workers == 1 else wall_s * args.workers - inside
     restore_other = tasks.get("restore", 0.0) - stages_total
+    diagnosis_s = float(sum(json.loads(d or "{}").get("seconds", 0.0) for d in items["diagnosis"]))
+    overhead = outside - diagnosis_s  # what the issue bounds: orchestration and I/O
     orchestration = wall_s * args.workers - sum(tasks.values())
 
     lines = [
         f"# archivox throughput: {args.n}-item archive, {audio_s / 60:.1f} min of audio",
         "",
         (f"- machine: {platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-         f"load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (above the task "
-         "threads, other jobs shared the machine and absolute speeds are pessimistic)"),
+         f"load average {load_start:.1f} before the run "
+         # Before the run starts, the load is other jobs' alone.
+         f"({'other jobs were running: absolute speeds are pessimistic' if load_start >= 1.0 else 'otherwise idle'})"
+         f" and {os.getloadavg()[0]:.1f} at the end"),
         (f"- stages: {', '.join(options.restore.resolved_stages())}; transcription: "
         f"{'off' if args.no_transcribe else options.transcribe.model}; device: {args.device}; task threads: {args.workers}"),
         f"- items: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped",
-        f"- command: `python bench/throughput.py --n {args.n} --repeats {args.repeats} --workers {args.workers}"
+        f"- command: `python bench/throughput.py --n {args.n} --sentences {args.sentences} --workers {args.workers}"
         + (f" --stages {args.stages}" if args.stages else "") + (" --no-transcribe" if args.no_transcribe else "") + (" --retranscribe" if args.retranscribe else "") + "`",
         "",
         "| measure | value |",
@@ -151,10 +162,12 @@ def main() -> int:
         f"| restoration stages | {stages_total:.1f} s |",
         f"| transcribe tasks | {transcribe_s:.1f} s |",
         f"| outside the stages (orchestration, I/O, diagnosis) | {outside:.1f} s |",
-        f"| **outside / {'wall' if args.workers == 1 else f'(wall x {args.workers} threads)'}** | **{100 * outside / (wall_s * args.workers):.1f} %** |",
-        f"| of which: restore task outside its stages (diagnosis, WAV/FLAC I/O) | {restore_other:.1f} s |",
+        f"| outside / {'wall' if args.workers == 1 else f'(wall x {args.workers} threads)'} | {100 * outside / (wall_s * args.workers):.1f} % |",
+        f"| of which: diagnosis (the analysis that picks each item's stages) | {diagnosis_s:.1f} s |",
+        f"| of which: restore task's reads, writes and resampling | {restore_other - diagnosis_s:.1f} s |",
         f"| of which: probe-extract + record tasks (ffprobe/ffmpeg, fixity, Parquet) | {tasks.get('probe-extract', 0.0) + tasks.get('record', 0.0):.1f} s |",
         f"| of which: orchestration (wall x threads - all task run times) | {orchestration:.1f} s ({100 * orchestration / (wall_s * args.workers):.1f} %) |",
+        f"| **orchestration and I/O (outside the stages, less the diagnosis) / {'wall' if args.workers == 1 else f'(wall x {args.workers} threads)'}** | **{100 * overhead / (wall_s * args.workers):.1f} %** |",
         f"| run_archive call incl. embedded server start | {call_s:.1f} s |",
         f"| building the archive (not counted) | {build_s:.1f} s |",
         "",

@@ -433,7 +433,11 @@ def restore(plan: ItemPlan, extracted_path: str, options: RunOptions) -> dict[st
         return _restore_long(plan, extracted_path, options, blocks)
     repairs = _source_rate_repairs(plan)
     audio, rate_hz = read_audio(repairs["path"] if repairs else extracted_path)
+    started = time.perf_counter()
     diagnosis, stage_names, stage_params = plan_stages(audio, rate_hz, options)
+    # Kept with the item, as each stage's seconds are: the diagnosis is analysis,
+    # and a run's time outside the stages is otherwise read as overhead.
+    diagnosis["seconds"] = round(time.perf_counter() - started, 3)
     _note_source_rate(diagnosis, plan)
     chain = build_chain(_not_repaired_yet(stage_names, repairs), stage_params, device=options.device)
     work = Path(plan.work_dir)
@@ -499,8 +503,10 @@ def _restore_long(plan: ItemPlan, extracted_path: str, options: RunOptions, bloc
 
     repairs = _source_rate_repairs(plan)
     chain_input = Path(repairs["path"]) if repairs else Path(extracted_path)
+    started = time.perf_counter()
     diagnosis = diagnose_excerpts(chain_input)
     stage_names, stage_params = stages_from_diagnosis(diagnosis, options)
+    diagnosis_seconds = round(time.perf_counter() - started, 3)
     chain = build_chain(_not_repaired_yet(stage_names, repairs), stage_params, device=options.device)
     work = Path(plan.work_dir)
     finishing = [n for n in chain.names if n in _FINISHING_STAGES][:1]
@@ -521,7 +527,7 @@ def _restore_long(plan: ItemPlan, extracted_path: str, options: RunOptions, bloc
     if "denoise" in result.written:
         sources["pre_denoise"] = str(result.written["denoise"])
         sources["denoised"] = str(result.written[finishing[0]]) if finishing else plan.restored_path
-    diagnosis_row = diagnosis.to_dict()
+    diagnosis_row = {**diagnosis.to_dict(), "seconds": diagnosis_seconds}
     _note_source_rate(diagnosis_row, plan)
     return {
         "sources": sources,

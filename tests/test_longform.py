@@ -169,6 +169,7 @@ def test_long_items_are_restored_in_blocks_by_the_pipeline(tmp_path):
     assert [s["stage"] for s in restored["stages"]] == ["dc", "dehum", "loudness"]
     assert all(s["metrics"]["blocks"] == 3 for s in restored["stages"])
     assert restored["diagnosis"]["hum_found"] and restored["diagnosis"]["duration_s"] == pytest.approx(50.0)
+    assert restored["diagnosis"]["seconds"] > 0  # its time, apart from the stages' (bench/throughput.py)
     out, _ = sf.read(plan.restored_path, always_2d=True)
     target_lufs = restored["stages"][-1]["params"]["target_lufs"]  # the preset's
     assert out.shape[0] == audio.size and integrated_loudness_lufs(out.T, RATE_HZ) == pytest.approx(target_lufs, abs=0.5)

@@ -103,6 +103,7 @@ def test_a_clipped_source_at_another_rate_is_repaired(tmp_path, rate_hz: int) ->
     assert restored["stages"][0]["metrics"]["rate_hz"] == rate_hz
     assert restored["diagnosis"]["clipped_fraction"] == pytest.approx(0.02, abs=0.003)
     assert restored["diagnosis"]["source_rate_hz"] == rate_hz and restored["diagnosis"]["sample_rate_hz"] == 48_000
+    assert restored["diagnosis"]["seconds"] > 0
     # The original view stays as recorded; the residual holds what declipping added.
     original, _ = sf.read(restored["sources"]["original"], dtype="float32")
     assert _gain_db(original, as_extracted, reference) == pytest.approx(0.0, abs=0.5)
