@@ -4,7 +4,9 @@ A :class:`RunOptions` travels as a JSON-able dict (Prefect flow parameters,
 deployment files), so every field is a plain value. ``config_hash`` covers
 only what changes the outputs: the device, the worker count and the retry
 policy are left out, so moving a run to a GPU machine does not redo an
-archive.
+archive. Of the output settings it holds those set away from their defaults,
+plus the code revisions, so that a release which adds a setting does not
+redo an archive either.
 """
 
 from __future__ import annotations
@@ -113,14 +115,19 @@ class RunOptions:
     def output_config(self) -> dict[str, Any]:
         """The settings that change what a run writes (hashed into ``config_hash``).
 
-        The code revisions are in it too: a release that restores or
-        transcribes differently with the same settings changes the hash, so
-        items done by an older release are done again.
+        Only settings away from their defaults are in it, with the stages this
+        installation runs and the code revisions. A release that restores or
+        transcribes differently with the same settings, a changed default
+        included, bumps a revision, which changes the hash, so items done by an
+        older release are done again. A release that only adds a setting, whose
+        default writes what older releases wrote, leaves every hash as it was
+        (tests/test_config.py holds the defaults each revision was measured
+        with).
         """
-        restore = dataclasses.asdict(self.restore)
+        restore = _away_from_defaults(self.restore)
         restore["stages"] = self.restore.resolved_stages()
         restore["revision"] = RESTORATION_REVISION
-        transcribe = {k: v for k, v in dataclasses.asdict(self.transcribe).items() if k not in ("device", "compute_type")}
+        transcribe = {k: v for k, v in _away_from_defaults(self.transcribe).items() if k not in ("device", "compute_type")}
         transcribe["revision"] = TRANSCRIPTION_REVISION
         return {"restore": restore, "transcribe": transcribe if self.transcribe_enabled else None}
 
@@ -134,6 +141,12 @@ class RunOptions:
         again from its kept ASR views, without restoring it again.
         """
         return _short_hash(self.output_config()["restore"])
+
+
+def _away_from_defaults(options: Any) -> dict[str, Any]:
+    """The fields of an options dataclass whose values differ from a default instance's."""
+    values, defaults = dataclasses.asdict(options), dataclasses.asdict(type(options)())
+    return {name: value for name, value in values.items() if value != defaults[name]}
 
 
 def _short_hash(value: Any) -> str:
