@@ -83,6 +83,7 @@ def test_run_chooses_the_transcript_among_the_views_asked_for():
     assert options().stretch_factors == (1.0, 1.05, 0.95) and options().combine == "auto"
     one_speed = options("--asr-speeds", "1", "--asr-combine", "choose")
     assert one_speed.stretch_factors == (1.0,) and one_speed.combine == "choose"
+    assert options().temperature_fallback and not options("--no-asr-fallback").temperature_fallback
     with pytest.raises(ConfigError, match="--asr-speeds 'fast'"):
         options("--asr-speeds", "fast")
     with pytest.raises(ConfigError, match=r"stretch_factors=2.0 is out of range"):

@@ -22,7 +22,7 @@ TRANSCRIBE_DEFAULTS_AT_REVISION = (7, {
     "fallback_model": "base", "asr_input": "auto", "candidates": ("denoised", "mix", "gtcrn"),
     "stretch_factors": (1.0, 1.05, 0.95), "combine": "auto", "choose_by": "stretch", "mix_fraction": 0.3,
     "language_window_s": 30.0, "language_switch_probability": 0.8, "flag": True, "skip_no_speech": False,
-    "fill_skipped_speech": True, "piece_s": 600.0, "quiet_input_dbfs": -30.0,
+    "fill_skipped_speech": True, "piece_s": 600.0, "temperature_fallback": True, "quiet_input_dbfs": -30.0,
 })
 HOW_TO_FIX = ("A default changed, or a setting was added or removed. If what a run writes with the defaults "
               "changed, bump the revision (tasks/chain.py or tasks/transcribe.py) and update this snapshot; "
@@ -49,6 +49,7 @@ def test_only_settings_that_change_outputs_change_the_hash() -> None:
     changed = [
         RunOptions(transcribe=TranscribeOptions(beam_size=4)),
         RunOptions(transcribe=TranscribeOptions(stretch_factors=(1.0,))),
+        RunOptions(transcribe=TranscribeOptions(temperature_fallback=False)),
         RunOptions(restore=RestoreOptions(stages=["dc", "loudness"])),
         RunOptions(restore=RestoreOptions(params={"loudness": {"target_lufs": -23.0}})),
         RunOptions(transcribe_enabled=False),

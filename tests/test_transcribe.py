@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -260,3 +261,17 @@ def test_only_quiet_audio_is_lifted():
     assert lift_quiet_input(tone * np.float32(1e-5), -30.0)[1] == 50.0
     with pytest.raises(ConfigError, match="quiet_input_dbfs"):
         TranscribeOptions(quiet_input_dbfs=-10.0)
+
+
+def test_without_the_fallback_a_repetitive_window_is_decoded_once(caplog):
+    # Speech that really repeats reads as a decoding loop to faster-whisper's
+    # compression-ratio rule, which then decodes the window again at five
+    # sampling temperatures.
+    speech = _tts(" ".join([SENTENCE] * 4), rate_hz=16_000)
+    caplog.set_level(logging.DEBUG, logger="faster_whisper")
+    options = TranscribeOptions(device="cpu", asr_input="restored", stretch_factors=(1.0,), temperature_fallback=False)
+    transcript = transcribe_item({"restored": speech}, options)
+    attempts = [r.getMessage() for r in caplog.records if "threshold is not met with temperature" in r.getMessage()]
+    assert attempts and all("temperature 0.0 " in m for m in attempts), attempts
+    assert word_error_rate(transcript.text(), " ".join([SENTENCE] * 4)) <= 0.25, transcript.text()
+    assert TranscribeOptions(temperature_fallback=False) != TranscribeOptions()
