@@ -75,6 +75,9 @@ def _run_options(args):
             asr["stretch_factors"] = tuple(float(f) for f in args.asr_speeds.split(",") if f.strip())
         except ValueError as exc:
             raise ConfigError(f"--asr-speeds {args.asr_speeds!r}: give numbers such as 1,1.05,0.95") from exc
+    if args.asr_extra_decodes is not None:
+        given = args.asr_extra_decodes.strip()
+        asr["extra_decodes"] = () if given.lower() == "none" else tuple(d.strip() for d in given.split(",") if d.strip())
     if args.asr_combine:
         asr["combine"] = args.asr_combine
     if args.no_asr_fallback:
@@ -432,14 +435,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "restored, original); denoised,mix takes a third less transcription time for a higher WER")
     run.add_argument("--asr-speeds", metavar="FACTOR,...",
                      help="each view is also decoded resampled to these multiples of its length (default "
-                          "1,1.05,0.95); 1 alone takes a third of the transcription time for a higher WER")
+                          "1,1.05,0.95, and the extra decodes below); 1 alone takes a quarter of the "
+                          "transcription time for a higher WER")
+    run.add_argument("--asr-extra-decodes", metavar="VIEW@FACTOR,...",
+                     help="further decodes of some views at other speeds (default denoised@1.1,denoised@0.9,"
+                          "mix@1.1,mix@0.9; 'none' for none); made only when the views are decoded at more "
+                          "than one speed")
     run.add_argument("--asr-combine", choices=("auto", "vote", "choose"),
                      help="vote: merge the decodes word by word; choose: keep the decode with the best evidence, "
                           "stretch by stretch; auto (default): vote when there is more than one speed")
     run.add_argument("--no-asr-fallback", action="store_true",
                      help="decode each window once, at temperature 0, without faster-whisper's re-decoding of "
                           "repetitive or unsure windows by sampling: 11-18 %% less transcription time on degraded "
-                          "speech, the voted WER unchanged (bench/results, session 20)")
+                          "speech, the voted WER unchanged on revision 7's nine decodes (bench/results, session 20)")
     run.add_argument("--no-asr-views", action="store_true",
                      help="do not keep the 16 kHz audio transcription reads (OUT/.archivox-asr-views); "
                           "without it, a later change to transcription alone restores every item again")

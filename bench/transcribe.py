@@ -264,22 +264,28 @@ def main() -> None:
         "denoised+dsp+mix (revision 5's default)": (("denoised", "pre_denoise", "mix"), (1.0,), "choose"),
         "denoised+dsp+raw": (("denoised", "pre_denoise", "original"), (1.0,), "choose"),
         "vote, denoised+dsp+mix": (("denoised", "pre_denoise", "mix"), (1.0,), "vote"),
-        "choose, default decodes": (options.candidates, options.stretch_factors, "choose"),
+        "choose, default decodes": (options.decodes(), None, "choose"),
         "vote, denoised at each speed": (("denoised",), options.stretch_factors, "vote"),
         "vote, revision 6's default (denoised+dsp+mix x 1, 1.05, 0.95)":
             (("denoised", "pre_denoise", "mix"), revision6_factors, "vote"),
+        "vote, revision 7's default (denoised+mix+gtcrn x 1, 1.05, 0.95)":
+            (("denoised", "mix", "gtcrn"), revision6_factors, "vote"),
     }
-    # Views that are candidates are decoded at every stretch factor too, and
-    # the DSP-only view for revision 6's default.
-    stretched = [f for f in options.stretch_factors if f != 1.0]
+    # Views that are candidates are decoded at every stretch factor of the
+    # default's decodes too, and the DSP-only view for revision 6's default.
+    stretched = _stretch_factors(options)
     stretch_views = {view_of[c] for c in options.candidates} | {"dsp"}
     all_decodes = all_views + [f"{v}@{f:g}" for v in all_views if v in stretch_views for f in stretched]
 
     def decodes_of(candidates, factors):
-        """{product name: the bench's decode}, in the order transcribe_candidates decodes them."""
+        """{product name: the bench's decode}, in the order transcribe_candidates decodes them.
+
+        ``candidates``: views, each decoded at ``factors``; or {view: its factors} (``factors`` None).
+        """
+        plan = candidates if factors is None else {c: factors for c in candidates}
         return {
             (c if f == 1.0 else f"{c}@{f:g}"): _copy(results[view_of[c] if f == 1.0 else f"{view_of[c]}@{f:g}"])
-            for c in candidates for f in factors
+            for c, fs in plan.items() for f in fs
         }
 
     table = []
@@ -315,7 +321,8 @@ def main() -> None:
                 views["gtcrn"] = gtcrn_for_asr(pre16)
                 t = time.perf_counter()
                 # Each view decoded once (candidates at every speed); the policies below combine these.
-                results = _decode_views({v: views[v] for v in all_views}, options, stretch_views)
+                results = _decode_views({v: views[v] for v in all_views}, options,
+                                        {v: (1.0, *stretched) for v in stretch_views})
                 timing["decode_views_s"] += time.perf_counter() - t
                 timing["views_decoded"] += len(results)
                 # The stages the diagnosis chose, kept with the decodes (as an empty transcript's evidence).
@@ -328,7 +335,7 @@ def main() -> None:
                 hyps[v].append(results[v].text())
                 if results[v].evidence.get("input_gain_db"):
                     lifted[v] = lifted.get(v, 0) + 1
-            default = (options.candidates, options.stretch_factors, options.combine)
+            default = (options.decodes(), None, options.combine)
             for name, (cands, factors, how) in list(policies.items()) + [("default", default)]:
                 pick_tr = combine(decodes_of(cands, factors), replace(options, combine=how))
                 (default_hyps if name == "default" else chosen[name]).append(pick_tr.text())
@@ -356,15 +363,26 @@ def main() -> None:
     _write(args, lines)
 
 
-def _decode_views(audio: dict, options: TranscribeOptions, multi_speed: set) -> dict:
-    """{view or view@factor: transcript}: each view decoded once, those in ``multi_speed`` at every stretch factor too."""
-    stretched = tuple(f for f in options.stretch_factors if f != 1.0)
+def _decode_views(audio: dict, options: TranscribeOptions, factors_of: dict) -> dict:
+    """{view or view@factor: transcript}: each view of ``audio`` decoded at its ``factors_of`` (1 when not named)."""
     results = {}
     for v, x in audio.items():
-        vo = replace(view_options(options, v), stretch_factors=(1.0, *stretched) if v in multi_speed else (1.0,))
+        vo = replace(view_options(options, v), stretch_factors=factors_of.get(v, (1.0,)), extra_decodes=())
         for name, tr in transcribe_candidates({"restored": x}, vo)[1].items():
             results[v + name[len("restored"):]] = tr
     return results
+
+
+def _describe_decodes(options: TranscribeOptions) -> str:
+    """"denoised at 1, 1.05, 0.95, 1.1, 0.9; mix at ...; 13 decodes"."""
+    plan = options.decodes()
+    views = "; ".join(f"{v} at {', '.join(f'{f:g}' for f in fs)}" for v, fs in plan.items())
+    return f"{views}: {sum(len(fs) for fs in plan.values())} decodes"
+
+
+def _stretch_factors(options: TranscribeOptions) -> list[float]:
+    """Every factor other than 1 that the default decodes some view at, in order."""
+    return [f for f in dict.fromkeys(f for fs in options.decodes().values() for f in fs) if f != 1.0]
 
 
 def _write(args, lines: list[str]) -> None:
@@ -397,12 +415,11 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
     views = ("raw", "dsp", "denoised", "mix", "gtcrn")
     view_of = {"original": "raw", "pre_denoise": "dsp", "denoised": "denoised", "mix": "mix", "gtcrn": "gtcrn"}
     missing = [c for c in options.candidates if c not in view_of]
-    multi_speed = {view_of[c] for c in options.candidates}  # decoded at every stretch factor
+    factors_of = {view_of[c]: factors for c, factors in options.decodes().items()}
     if missing:
         raise SystemExit(f"the long items decode no {missing} view; give candidates among {sorted(view_of)}")
     policies = ("raw", "dsp", "denoised", "mix", "gtcrn", "item", "stretch", "archivox")
-    stretched = [f for f in options.stretch_factors if f != 1.0]
-    decodes = list(views) + [f"{view_of[c]}@{f:g}" for c in options.candidates for f in stretched]
+    decodes = list(views) + [f"{v}@{f:g}" for v, factors in factors_of.items() for f in factors if f != 1.0]
     hyps: dict[str, list[str]] = {k: [] for k in policies}
     # Per condition: the utterances' references and each policy's words inside their spans.
     by_cond = {c: {"refs": [], **{k: [] for k in policies}} for c in conditions}
@@ -419,9 +436,16 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
         # Named by what the item is made of: another --n joins other utterances under the same k.
         made_of = hashlib.sha256("|".join(f"{rows[i]['path']}@{cond}" for i, cond in members).encode()).hexdigest()
         row = {"path": f"long_{k:03d}_{made_of[:12]}.wav"}
+        # Drawn for every item, cached or not, so that item k's audio does
+        # not depend on which items an earlier run left in the cache.
+        quiet = (1e-3 * rng.standard_normal(int(pause_s * RATE_HZ))).astype(np.float32)
         results = _cached(cache, "long", row, decodes)
+        found = {} if results is not None else _cached_some(cache, "long", row, decodes)
         if results is None:
-            quiet = (1e-3 * rng.standard_normal(int(pause_s * RATE_HZ))).astype(np.float32)
+            # Decodes a cache of this revision holds already (an earlier
+            # release's, where the views did not change) are not made again.
+            wanted = {v: tuple(f for f in factors_of.get(v, (1.0,)) if (v if f == 1.0 else f"{v}@{f:g}") not in found)
+                      for v in views}
             parts = []
             for i, cond in members:
                 parts += [degrade(speech[i], cond, noises[i % len(noises)], seed=1000 + i), quiet]
@@ -430,14 +454,15 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
             audio = {v: to_whisper_input(x, RATE_HZ) for v, x in zip(views, (degraded, pre, denoised))}
             audio["mix"] = observation_mix(to_whisper_input(restored, RATE_HZ), audio["dsp"], options.mix_fraction)
             audio["gtcrn"] = gtcrn_for_asr(audio["dsp"])
-            results = _decode_views({v: audio[v] for v in views}, options, multi_speed)
-            _store(cache, "long", row, results)
+            made = _decode_views({v: audio[v] for v in views if wanted[v]}, options, wanted)
+            _store(cache, "long", row, made)
+            results = {**found, **made}
         seconds += results["raw"].duration_s
         pair = {c: results[view_of[c]] for c in options.candidates}
         one_speed = replace(options, combine="choose")
         by_stretch = combine({c: _copy(t) for c, t in pair.items()}, replace(one_speed, choose_by="stretch"))
         everything = {(c if f == 1.0 else f"{c}@{f:g}"): _copy(results[view_of[c] if f == 1.0 else f"{view_of[c]}@{f:g}"])
-                      for c in options.candidates for f in options.stretch_factors}
+                      for c, factors in options.decodes().items() for f in factors}
         picked = {**{v: results[v] for v in views},
                   "item": combine({c: _copy(t) for c, t in pair.items()}, replace(one_speed, choose_by="item")),
                   "stretch": by_stretch, "archivox": combine(everything, options)}
@@ -463,8 +488,7 @@ def _long_items(args, rows, speech, noises, conditions, options, wer, pause_s: f
         "restores an item, and each view is decoded whole. WER in %, all items pooled; per condition, each "
         "utterance is scored on the words (word timestamps) whose middle falls inside its span.",
         "",
-        f"archivox's default: {', '.join(options.candidates)}, each at stretch factors "
-        f"{', '.join(f'{f:g}' for f in options.stretch_factors)}, combined by `{options.combine}`. The two columns "
+        f"archivox's default: {_describe_decodes(options)}, combined by `{options.combine}`. The two columns "
         "before it choose among the same views at their own speed (revision 5's default was per stretch).",
         "",
         "| condition | raw | dsp | denoised | mix | gtcrn | one view per item | view chosen per stretch "
@@ -606,7 +630,7 @@ def _speed(corpus, rows, speech, noises, options, norm) -> list[str]:
         f"Speed ({h.device}, {h.compute_type}; {platform.node()}; wall clock, the machine shared with other work):",
         "",
         f"- restoration chain: {audio_s:.0f} s of audio in {restore_s:.1f} s ({audio_s / restore_s:.1f}x real time)",
-        f"- transcription, default policy ({len(options.candidates)} views x {len(options.stretch_factors)} speeds): "
+        f"- transcription, default policy ({_describe_decodes(options)}): "
         f"{decode_s:.1f} s "
         f"({audio_s / decode_s:.1f}x real time); one decode of one view only: {single_s:.1f} s "
         f"({audio_s / single_s:.1f}x real time)",
@@ -645,6 +669,13 @@ def _cached(cache, cond, row, views):
             if "too_fast" not in seg.flags and too_fast(seg):
                 seg.flags.append("too_fast")
     return results
+
+
+def _cached_some(cache, cond, row, views) -> dict:
+    """The decodes among ``views`` that the cache holds for ``row``."""
+    if cache is None:
+        return {}
+    return {v: r[v] for v in views if (r := _cached(cache, cond, row, [v])) is not None}
 
 
 def _store(cache, cond, row, results):
@@ -724,10 +755,8 @@ def _report(args, rows, audio_s, clean_wer, table, policy_rows, all_views, timin
         "the anchor, as faster-whisper decodes by default (its own no-speech rule on, no second decode of speech it "
         "jumped over), the other views as archivox decodes (such text kept and flagged; skipped speech decoded "
         "again).",
-        f"`archivox`: `transcribe_item`'s default policy: candidates {', '.join(options.candidates)}, each decoded "
-        f"at stretch factors {', '.join(f'{f:g}' for f in options.stretch_factors)} (resampled: 1.05 plays 5 % slower "
-        f"and lower; times mapped back), {len(options.candidates) * len(options.stretch_factors)} decodes combined by "
-        f"`{options.combine}`"
+        f"`archivox`: `transcribe_item`'s default policy: {_describe_decodes(options)} (resampled: 1.05 plays "
+        f"5 % slower and lower; times mapped back), combined by `{options.combine}`"
         + (" (word by word, each word the one most decodes share)." if combine_votes(options) else
            " (best evidence kept: confidence plus agreement between candidates).")
         + f" Columns `VIEW@F` are a view decoded at stretch factor F.",

@@ -22,8 +22,9 @@ listener gets:
 
 With ``asr_input="auto"`` (the default) every view in ``candidates`` that the
 item has is decoded, and each is decoded again resampled a few per cent
-slower and faster (``stretch_factors``): Whisper misreads different words at
-each speed and in each view. The decodes are then combined (``combine``):
+slower and faster (``stretch_factors``, and ``extra_decodes`` for some views
+only): Whisper misreads different words at each speed and in each view. The
+decodes are then combined (``combine``):
 
 - ``"vote"`` (what ``"auto"``, the default, does when there is more than one
   speed): word by word, each word the one most decodes agree on (ROVER,
@@ -80,7 +81,8 @@ _EMPTY_SCORE = -1.5  # an empty transcript: worse than speech decoded with confi
 # 5: views quieter than -30 dBFS are raised to -23 dBFS before decoding.
 # 6: each view is decoded at three speeds too and the decodes are voted word by word.
 # 7: the GTCRN view replaces the DSP-only view among the default candidates.
-TRANSCRIPTION_REVISION = 7
+# 8: the denoised view and the mix are also decoded at 1.1 and 0.9 (13 decodes).
+TRANSCRIPTION_REVISION = 8
 
 
 @dataclass
@@ -126,6 +128,15 @@ class TranscribeOptions:
     # the item's clock. Whisper errs in different places at each speed, which
     # is what lets a vote correct it. The three speeds triple the decoding.
     stretch_factors: tuple[float, ...] = (1.0, 1.05, 0.95)
+    # Further decodes, each "VIEW@FACTOR", made when VIEW is among the views
+    # decoded at more than one speed and not already at FACTOR. The two DeepFilterNet3 views at 10 %
+    # slower and faster (13 decodes in all) lowered the vote's WER on the 169
+    # bench utterances (0.814x raw's -> 0.797x) and on 80 utterances under 12
+    # noise clips that no setting had been tried on (0.833x -> 0.813x), each
+    # with a bootstrap probability of 0.99; on the 24-utterance tuning set it
+    # read 0.767x against 0.749x (bench/results, session 21). They cost 44 %
+    # more transcription time than the nine.
+    extra_decodes: tuple[str, ...] = ("denoised@1.1", "denoised@0.9", "mix@1.1", "mix@0.9")
     # How the decodes become one transcript. "vote": word by word, each word
     # the one most decodes agree on (ROVER; archivox.tasks.vote). "choose":
     # the decode with the best evidence, per stretch or per item
@@ -162,12 +173,13 @@ class TranscribeOptions:
     # False decodes each window once, at temperature 0, where faster-whisper
     # would decode a window whose reading looks repetitive (compression ratio
     # over 2.4) or unsure (mean log-probability under -1) again by sampling
-    # at temperatures 0.2 to 1.0. Under the default vote that re-decoding is
-    # 11-18 % of the transcription time on degraded speech and up to 14 times
-    # a window's cost where the speech itself repeats, while the voted WER
-    # moved by 0.0004 on the 169 bench utterances and not at all on the
-    # tuning set (bench/results, session 20). A single decode without the
-    # vote keeps its loops; they are flagged ("repetition", "compression_ratio").
+    # at temperatures 0.2 to 1.0. Under revision 7's vote (nine decodes) that
+    # re-decoding was 11-18 % of the transcription time on degraded speech and
+    # up to 14 times a window's cost where the speech itself repeats, while
+    # the voted WER moved by 0.0004 on the 169 bench utterances and not at all
+    # on the tuning set (bench/results, session 20); revision 8's four further
+    # decodes were not measured without it. A single decode without the vote
+    # keeps its loops; they are flagged ("repetition", "compression_ratio").
     temperature_fallback: bool = True
     # A view whose active level is under this (a quiet transfer; the views
     # are taken before the loudness stage) is raised to QUIET_INPUT_TARGET_DBFS
@@ -202,13 +214,41 @@ class TranscribeOptions:
         if self.choose_by not in ("stretch", "item"):
             raise ConfigError(f"choose_by={self.choose_by!r} is not valid; use 'stretch' or 'item'")
         self.candidates = tuple(self.candidates)
+        self.extra_decodes = tuple(self.extra_decodes)
+        for entry in self.extra_decodes:
+            split_decode(entry)
         bad = [c for c in self.candidates if c not in VIEWS]
         if bad or not self.candidates:
             raise ConfigError(f"candidates={list(self.candidates)} must be a non-empty list of {', '.join(VIEWS)}")
 
+    def decodes(self) -> dict[str, tuple[float, ...]]:
+        """{view: the stretch factors it is decoded at} for each of :meth:`views`, in decoding order."""
+        plan = {view: list(self.stretch_factors) for view in self.views()}
+        # One speed means no vote (see ``combine``): nothing for extra decodes to widen.
+        for entry in self.extra_decodes if len(self.stretch_factors) > 1 else ():
+            view, factor = split_decode(entry)
+            if view in plan and factor not in plan[view]:
+                plan[view].append(factor)
+        return {view: tuple(factors) for view, factors in plan.items()}
+
     def views(self) -> tuple[str, ...]:
         """The views an item is decoded from: the candidates with ``asr_input="auto"``, else that one view."""
         return self.candidates if self.asr_input == "auto" else (self.asr_input,)
+
+
+def split_decode(entry: str) -> tuple[str, float]:
+    """``"denoised@1.1"`` -> ``("denoised", 1.1)``; raises ConfigError naming what is valid."""
+    view, _, factor = str(entry).partition("@")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = None
+    if view not in VIEWS or value is None:
+        raise ConfigError(
+            f"extra_decodes entry {entry!r} is not VIEW@FACTOR (such as 'denoised@1.1'); views: {', '.join(VIEWS)}"
+        )
+    check_range("extra_decodes factor", value, 0.8, 1.25)
+    return view, value
 
 
 @dataclass
@@ -478,13 +518,14 @@ def transcribe_candidates(
     results: dict[str, Transcript] = {}
     plan = None
     regions = None
+    decodes = options.decodes()
     for name, load in asr_view_loaders(sources, options).items():
         audio, gain_db = lift_quiet_input(load(), options.quiet_input_dbfs)
         if plan is None:
             # Detect the language once, on the first view, so that every candidate
             # is decoded in the same language and scores compare like with like.
             plan = language_plan(handle, audio, language, options)
-        for factor in options.stretch_factors:
+        for factor in decodes.get(name, options.stretch_factors):
             key = name if factor == 1.0 else f"{name}@{factor:g}"
             results[key], view_regions = _decode_stretched(handle, audio, options, plan, factor)
             regions = view_regions if regions is None else regions
@@ -510,7 +551,9 @@ def combine(results: Mapping[str, Transcript], options: TranscribeOptions,
 
 def combine_votes(options: TranscribeOptions) -> bool:
     """Whether ``options`` merge the decodes word by word rather than choose between them (given 3 or more)."""
-    return options.combine == "vote" or (options.combine == "auto" and len(options.stretch_factors) > 1)
+    return options.combine == "vote" or (
+        options.combine == "auto" and any(len(factors) > 1 for factors in options.decodes().values())
+    )
 
 
 def _decode_stretched(handle, audio: np.ndarray, options: TranscribeOptions, plan: LanguagePlan,

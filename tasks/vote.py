@@ -9,7 +9,10 @@ the vote over nine decodes (three views at three speeds) read 0.81x raw's
 WER against 0.86x for the evidence-based choice among three views at one
 speed, and was better than raw in every condition. Three views at one speed
 vote no better than they are chosen between: the gain comes from the
-speeds, and from views whose errors differ.
+speeds, and from views whose errors differ. Since revision 8 the two
+DeepFilterNet3 views are also decoded at 1.1 and 0.9 (13 decodes): 0.797x
+on the 169, and 0.813x against the nine's 0.833x on a set under noises no
+setting was tried on (bench/results/transcribe-2026-11-23-vm-session21.md).
 
 The method is Fiscus's ROVER (1997): the decodes are aligned into a word
 confusion network by progressive edit-distance alignment, the most

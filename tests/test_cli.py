@@ -83,6 +83,13 @@ def test_run_chooses_the_transcript_among_the_views_asked_for():
     assert options().stretch_factors == (1.0, 1.05, 0.95) and options().combine == "auto"
     one_speed = options("--asr-speeds", "1", "--asr-combine", "choose")
     assert one_speed.stretch_factors == (1.0,) and one_speed.combine == "choose"
+    assert options().extra_decodes == ("denoised@1.1", "denoised@0.9", "mix@1.1", "mix@0.9")
+    assert one_speed.decodes() == {"denoised": (1.0,), "mix": (1.0,), "gtcrn": (1.0,)}
+    assert options("--asr-extra-decodes", "none").extra_decodes == ()
+    assert options("--asr-speeds", "1,1.05", "--asr-extra-decodes", "mix@1.1").decodes() == {
+        "denoised": (1.0, 1.05), "mix": (1.0, 1.05, 1.1), "gtcrn": (1.0, 1.05)}
+    with pytest.raises(ConfigError, match="'mix1.1' is not VIEW@FACTOR"):
+        options("--asr-extra-decodes", "mix1.1")
     assert options().temperature_fallback and not options("--no-asr-fallback").temperature_fallback
     with pytest.raises(ConfigError, match="--asr-speeds 'fast'"):
         options("--asr-speeds", "fast")

@@ -16,11 +16,12 @@ RESTORE_DEFAULTS_AT_REVISION = (7, {
     "stages": [], "preset": "auto", "params": {}, "channel_policy": "speech", "audio_stream": 0,
     "residual": False, "block_s": 120.0, "long_s": 300.0,
 })
-TRANSCRIBE_DEFAULTS_AT_REVISION = (7, {
+TRANSCRIBE_DEFAULTS_AT_REVISION = (8, {
     "model": "tiny.en", "language": None, "device": "auto", "compute_type": "auto", "vad": True,
     "word_timestamps": True, "beam_size": 5, "batch_size": None, "on_language_mismatch": "fallback",
     "fallback_model": "base", "asr_input": "auto", "candidates": ("denoised", "mix", "gtcrn"),
-    "stretch_factors": (1.0, 1.05, 0.95), "combine": "auto", "choose_by": "stretch", "mix_fraction": 0.3,
+    "stretch_factors": (1.0, 1.05, 0.95), "extra_decodes": ("denoised@1.1", "denoised@0.9", "mix@1.1", "mix@0.9"),
+    "combine": "auto", "choose_by": "stretch", "mix_fraction": 0.3,
     "language_window_s": 30.0, "language_switch_probability": 0.8, "flag": True, "skip_no_speech": False,
     "fill_skipped_speech": True, "piece_s": 600.0, "temperature_fallback": True, "quiet_input_dbfs": -30.0,
 })

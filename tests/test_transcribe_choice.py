@@ -171,8 +171,9 @@ def test_denoised_view_is_made_from_pre_denoise_unless_the_item_has_one(tmp_path
 
     # Decoded end to end: every view reads the text, and the choice is recorded.
     chosen, results = transcribe_candidates(files, options)
-    assert list(results) == [v if f == 1.0 else f"{v}@{f:g}" for v in ("denoised", "mix", "gtcrn")
-                             for f in options.stretch_factors]
+    assert list(results) == [v if f == 1.0 else f"{v}@{f:g}" for v, factors in options.decodes().items()
+                             for f in factors]
+    assert len(results) == 13  # three views at three speeds, the DeepFilterNet3 views at two more
     assert chosen.candidate == "vote" and list(chosen.evidence["scores"]) == list(results)
     assert word_error_rate(chosen.text(), TEXT) <= 0.3, chosen.text()
 

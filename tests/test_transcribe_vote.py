@@ -7,7 +7,7 @@ import pytest
 
 from archivox.errors import ConfigError
 from archivox.tasks.transcribe import (
-    Segment, TranscribeOptions, Transcript, Word, combine, transcribe_candidates,
+    Segment, TranscribeOptions, Transcript, Word, combine, combine_votes, transcribe_candidates,
 )
 from archivox.tasks.vote import vote
 from signals import word_error_rate
@@ -175,6 +175,24 @@ def test_stretch_and_combine_options_are_validated():
         TranscribeOptions(stretch_factors=(1.0, 1.0))
     with pytest.raises(ConfigError, match="combine='best'.*'auto', 'vote' or 'choose'"):
         TranscribeOptions(combine="best")
+    with pytest.raises(ConfigError, match="'dsp@1.1' is not VIEW@FACTOR.*pre_denoise"):
+        TranscribeOptions(extra_decodes=("dsp@1.1",))
+    with pytest.raises(ConfigError, match=r"extra_decodes factor=2.0 is out of range; valid range is \[0.8, 1.25\]"):
+        TranscribeOptions(extra_decodes=("mix@2",))
+
+
+def test_extra_decodes_widen_only_a_vote_over_speeds():
+    assert TranscribeOptions().decodes() == {
+        "denoised": (1.0, 1.05, 0.95, 1.1, 0.9), "mix": (1.0, 1.05, 0.95, 1.1, 0.9), "gtcrn": (1.0, 1.05, 0.95)}
+    # A view not decoded, or a factor it is decoded at already, adds nothing.
+    options = TranscribeOptions(candidates=("gtcrn", "mix"), stretch_factors=(1.0, 1.1),
+                                extra_decodes=("denoised@0.9", "mix@1.1", "mix@0.95"))
+    assert options.decodes() == {"gtcrn": (1.0, 1.1), "mix": (1.0, 1.1, 0.95)}
+    assert TranscribeOptions(asr_input="restored").decodes() == {"restored": (1.0, 1.05, 0.95)}
+    # One speed chooses between the views; extra decodes would turn that into a vote.
+    one_speed = TranscribeOptions(stretch_factors=(1.0,))
+    assert set(one_speed.decodes().values()) == {(1.0,)} and not combine_votes(one_speed)
+    assert combine_votes(TranscribeOptions(stretch_factors=(1.0,), extra_decodes=(), combine="vote"))
 
 
 @pytest.mark.slow
@@ -197,7 +215,7 @@ def test_each_speed_is_decoded_and_its_times_come_back_to_the_items_clock():
         # The speech ends about 5 s in: unmapped, the last word would be 0.5 s off at 1.1.
         assert abs(words[-1].end_s - ref_words[-1].end_s) < 0.25, name
         assert abs(words[0].start_s - ref_words[0].start_s) < 0.25, name
-    # The default: every view at three speeds.
+    # The default: every view at three speeds (and some at two more).
     assert TranscribeOptions().stretch_factors == (1.0, 1.05, 0.95)
 
 

@@ -1,0 +1,154 @@
+"""A second test set for the transcription vote, under noises bench/transcribe.py never uses.
+
+    python bench/fresh_set.py decode --cache DIR [--shard 0 --shards 2]
+    python bench/fresh_set.py score --cache DIR
+
+80 of the corpus utterances with transcripts (a seeded draw), each degraded
+in bench/transcribe.py's five conditions with 12 other corpus noise clips
+and other seeds, restored as the pipeline restores, and decoded through
+``transcribe_candidates``: raw as the bench's anchor, and the denoised view,
+the mix and the GTCRN view at five speeds each. ``score`` votes several
+ensembles from those decodes and prints each one's WER per condition, its
+ratio to raw's, and a bootstrap over utterances. Made in session 21 to settle
+a disagreement between the tuning set and the 169; the set was fixed before
+its first result (bench/results/transcribe-2026-11-23-vm-session21.md).
+Decoding takes about 20 s an item on one CPU core (400 items).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import transcribe as bench  # noqa: E402  (bench/transcribe.py, beside this file)
+
+NOISES = [
+    "blanket_storm.ogg", "modsounds_rain_medium.ogg", "tumult_world_city3_traffic.wav", "tumult_world_crowd.wav",
+    "tumult_machine1_computer_fan.wav", "tumult_machine9_hallway_ventilation.wav", "modsounds_airplane_prop.ogg",
+    "max-audio_train.wav", "noisereduce_cafe_short.wav", "tumult_world_underground_metro.wav", "modsounds_wind.ogg",
+    "speechcommands_doing_the_dishes.wav",
+]
+UTTERANCES = 80
+DRAW_SEED = 2026_11_23
+SPEEDS = (1.0, 1.05, 0.95, 1.1, 0.9)
+VIEWS = ("denoised", "mix0.3", "gtcrn")
+
+
+def _rows(corpus: Path) -> list[dict]:
+    rows = sorted(
+        (r for r in csv.DictReader(open(corpus / "manifest.csv")) if r["category"] == "speech_clean" and r["transcript"].strip()),
+        key=lambda r: r["path"],
+    )
+    picked = sorted(np.random.default_rng(DRAW_SEED).choice(len(rows), UTTERANCES, replace=False))
+    return [rows[i] for i in picked]
+
+
+def decode(args) -> None:
+    from archivox.tasks.transcribe import (
+        TranscribeOptions, gtcrn_for_asr, observation_mix, to_whisper_input, transcribe_candidates,
+    )
+
+    corpus = bench.corpus_dir()
+    rows = _rows(corpus)
+    noises = [bench.load(corpus / "noise" / name) for name in NOISES]
+    args.cache.mkdir(parents=True, exist_ok=True)
+    (args.cache / "refs.json").write_text(json.dumps([r["transcript"] for r in rows]))
+    options = TranscribeOptions(device=args.device, stretch_factors=SPEEDS, extra_decodes=())
+    jobs = [(ci, cond, k) for ci, cond in enumerate(bench.CONDITIONS) for k in range(len(rows))]
+    for n, (ci, cond, k) in enumerate(jobs):
+        dest = args.cache / f"{ci}_{k}.json"
+        if n % args.shards != args.shard or dest.exists():
+            continue
+        t = time.perf_counter()
+        speech = bench.load(corpus / rows[k]["path"])
+        degraded = bench.degrade(speech, cond, noises[(k * 5 + ci) % len(noises)], seed=7000 + 10 * k + ci)
+        pre, denoised, restored, _ = bench.restore_item(degraded)
+        raw16, pre16, den16, rest16 = (to_whisper_input(x, bench.RATE_HZ) for x in (degraded, pre, denoised, restored))
+        views = {"raw": raw16, "denoised": den16, "mix0.3": observation_mix(rest16, pre16, 0.3),
+                 "gtcrn": gtcrn_for_asr(pre16)}
+        decoded = {}
+        for view, audio in views.items():
+            view_options = replace(bench.view_options(options, view), stretch_factors=(1.0,) if view == "raw" else SPEEDS)
+            for name, transcript in transcribe_candidates({"restored": audio}, view_options)[1].items():
+                decoded[view + name[len("restored"):]] = transcript.to_dict()
+        partial = dest.with_suffix(".partial")
+        partial.write_text(json.dumps(decoded))
+        partial.replace(dest)
+        print(f"{n + 1}/{len(jobs)} {cond} utterance {k}: {time.perf_counter() - t:.1f} s", flush=True)
+
+
+def _names(views, speeds) -> list[str]:
+    return [v if s == 1.0 else f"{v}@{s:g}" for v in views for s in speeds]
+
+
+def score(args) -> None:
+    import jiwer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    from archivox.tasks.transcribe import Transcript
+    from archivox.tasks.vote import vote
+
+    norm = EnglishTextNormalizer()
+    refs = json.loads((args.cache / "refs.json").read_text())
+    nine = _names(VIEWS, SPEEDS[:3])
+    ensembles = {
+        "9 (revision 7)": nine,
+        "13 (revision 8)": _names(VIEWS[:2], SPEEDS) + _names(VIEWS[2:], SPEEDS[:3]),
+        "15": _names(VIEWS, SPEEDS),
+        "10 (denoised, mix)": _names(VIEWS[:2], SPEEDS),
+        "9 + raw": nine + ["raw"],
+    }
+    conditions = len(bench.CONDITIONS)
+    shape = (conditions, len(refs))
+    raw, words = np.zeros(shape), np.zeros(shape)
+    errors = {name: np.zeros(shape) for name in ensembles}
+
+    def counts(ref: str, hyp: str) -> tuple[int, int]:
+        o = jiwer.process_words(norm(ref), norm(hyp) or "<empty>")
+        return o.substitutions + o.deletions + o.insertions, o.hits + o.substitutions + o.deletions
+
+    for ci in range(conditions):
+        for k, ref in enumerate(refs):
+            path = args.cache / f"{ci}_{k}.json"
+            if not path.exists():
+                raise SystemExit(f"{path} is missing: run `decode` to the end first")
+            decoded = {n: Transcript.from_dict(d) for n, d in json.loads(path.read_text()).items()}
+            raw[ci, k], words[ci, k] = counts(ref, decoded["raw"].text())
+            for name, members in ensembles.items():
+                errors[name][ci, k] = counts(ref, vote({m: decoded[m] for m in members}, flag=False).text())[0]
+
+    def ratio(e, pick):
+        return np.mean(e[:, pick].sum(1) / words[:, pick].sum(1)) / np.mean(raw[:, pick].sum(1) / words[:, pick].sum(1))
+
+    everyone = np.arange(len(refs))
+    picks = np.random.default_rng(0).integers(0, len(refs), size=(2000, len(refs)))
+    print("| decodes | " + " | ".join(bench.CONDITIONS) + " | ratio | 95 % (bootstrap over utterances) |")
+    print("|---|" + "---:|" * conditions + "---:|---|")
+    print("| raw | " + " | ".join(f"{100 * raw[c].sum() / words[c].sum():.1f}" for c in range(conditions)) + " | 1 | |")
+    for name, e in errors.items():
+        spread = [ratio(e, p) for p in picks]
+        print(f"| {name} | " + " | ".join(f"{100 * e[c].sum() / words[c].sum():.1f}" for c in range(conditions))
+              + f" | {ratio(e, everyone):.3f} | {np.percentile(spread, 2.5):.3f}-{np.percentile(spread, 97.5):.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("decode", "score"))
+    parser.add_argument("--cache", type=Path, required=True, help="folder for the decodes (one JSON per item)")
+    parser.add_argument("--shard", type=int, default=0, help="with --shards: which share of the items to decode")
+    parser.add_argument("--shards", type=int, default=1, help="decode in this many processes, one per shard")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    (decode if args.command == "decode" else score)(args)
+
+
+if __name__ == "__main__":
+    main()
