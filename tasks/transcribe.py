@@ -129,13 +129,13 @@ class TranscribeOptions:
     # is what lets a vote correct it. The three speeds triple the decoding.
     stretch_factors: tuple[float, ...] = (1.0, 1.05, 0.95)
     # Further decodes, each "VIEW@FACTOR", made when VIEW is among the views
-    # decoded at more than one speed and not already at FACTOR. The two DeepFilterNet3 views at 10 %
-    # slower and faster (13 decodes in all) lowered the vote's WER on the 169
-    # bench utterances (0.814x raw's -> 0.797x) and on 80 utterances under 12
-    # noise clips that no setting had been tried on (0.833x -> 0.813x), each
-    # with a bootstrap probability of 0.99; on the 24-utterance tuning set it
-    # read 0.767x against 0.749x (bench/results, session 21). They cost 44 %
-    # more transcription time than the nine.
+    # decoded at more than one speed and not already at FACTOR. The two
+    # DeepFilterNet3 views at 10 % slower and faster (13 decodes in all)
+    # lowered the vote's WER on the 169 bench utterances (0.814x raw's ->
+    # 0.797x) and on 80 utterances under 12 noise clips that no setting had
+    # been tried on (0.833x -> 0.813x), each with a bootstrap probability of
+    # 0.99; on the 24-utterance tuning set it read 0.767x against 0.749x
+    # (bench/results, session 21). They cost 44 % more decoding than the nine.
     extra_decodes: tuple[str, ...] = ("denoised@1.1", "denoised@0.9", "mix@1.1", "mix@0.9")
     # How the decodes become one transcript. "vote": word by word, each word
     # the one most decodes agree on (ROVER; archivox.tasks.vote). "choose":
