@@ -22,7 +22,6 @@ import csv
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +51,7 @@ def _rows(corpus: Path) -> list[dict]:
 
 
 def decode(args) -> None:
-    from archivox.tasks.transcribe import (
-        TranscribeOptions, gtcrn_for_asr, observation_mix, to_whisper_input, transcribe_candidates,
-    )
+    from archivox.tasks.transcribe import TranscribeOptions, gtcrn_for_asr, observation_mix, to_whisper_input
 
     corpus = bench.corpus_dir()
     rows = _rows(corpus)
@@ -74,13 +71,9 @@ def decode(args) -> None:
         raw16, pre16, den16, rest16 = (to_whisper_input(x, bench.RATE_HZ) for x in (degraded, pre, denoised, restored))
         views = {"raw": raw16, "denoised": den16, "mix0.3": observation_mix(rest16, pre16, 0.3),
                  "gtcrn": gtcrn_for_asr(pre16)}
-        decoded = {}
-        for view, audio in views.items():
-            view_options = replace(bench.view_options(options, view), stretch_factors=(1.0,) if view == "raw" else SPEEDS)
-            for name, transcript in transcribe_candidates({"restored": audio}, view_options)[1].items():
-                decoded[view + name[len("restored"):]] = transcript.to_dict()
+        decoded = bench._decode_views(views, options, {view: SPEEDS for view in VIEWS})
         partial = dest.with_suffix(".partial")
-        partial.write_text(json.dumps(decoded))
+        partial.write_text(json.dumps({name: transcript.to_dict() for name, transcript in decoded.items()}))
         partial.replace(dest)
         print(f"{n + 1}/{len(jobs)} {cond} utterance {k}: {time.perf_counter() - t:.1f} s", flush=True)
 
