@@ -12,7 +12,9 @@ vote no better than they are chosen between: the gain comes from the
 speeds, and from views whose errors differ. Since revision 8 the two
 DeepFilterNet3 views are also decoded at 1.1 and 0.9 (13 decodes): 0.797x
 on the 169, and 0.813x against the nine's 0.833x on a set under noises no
-setting was tried on (bench/results/transcribe-2026-11-23-vm-session21.md).
+setting was tried on (bench/results/transcribe-2026-11-23-vm-session21.md);
+0.738x on a second such set, under the noises of old carriers
+(bench/results/transcribe-2026-11-23-vm-session22.md).
 
 The method is Fiscus's ROVER (1997): the decodes are aligned into a word
 confusion network by progressive edit-distance alignment, the most
