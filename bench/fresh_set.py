@@ -1,6 +1,6 @@
 """Test sets for the transcription vote, under noises bench/transcribe.py never uses.
 
-    python bench/fresh_set.py decode --cache DIR [--set 2] [--shard 0 --shards 2]
+    python bench/fresh_set.py decode --cache DIR [--set 2] [--no-fallback] [--shard 0 --shards 2]
     python bench/fresh_set.py score --cache DIR [--set 2]
 
 Each set is 80 of the corpus utterances with transcripts (a seeded draw),
@@ -20,7 +20,8 @@ ratio to raw's, and a bootstrap over utterances.
   static) and rooms. Nothing is tuned on it
   (bench/results/transcribe-2026-11-23-vm-session22.md).
 
-Decoding takes about 20 s an item on one CPU core (400 items).
+Set 2's 400 items took 48 minutes in two processes (``--shards 2``) on a
+2-core machine; set 1, with two more decodes an item, about an hour.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def decode(args) -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     (args.cache / "refs.json").write_text(json.dumps([r["transcript"] for r in rows]))
     options = TranscribeOptions(device=args.device, stretch_factors=SPEEDS, extra_decodes=())
+    # The anchor stays faster-whisper as it comes; --no-fallback is archivox's option, for its views.
+    anchor = options
+    if args.no_fallback:
+        options = dataclasses.replace(options, temperature_fallback=False)
     jobs = [(ci, cond, k) for ci, cond in enumerate(bench.CONDITIONS) for k in range(len(rows))]
     for n, (ci, cond, k) in enumerate(jobs):
         dest = args.cache / f"{ci}_{k}.json"
@@ -110,9 +115,9 @@ def decode(args) -> None:
                                  seed=fresh.seed_base + 10 * k + ci)
         pre, denoised, restored, _ = bench.restore_item(degraded)
         raw16, pre16, den16, rest16 = (to_whisper_input(x, bench.RATE_HZ) for x in (degraded, pre, denoised, restored))
-        views = {"raw": raw16, "denoised": den16, "mix0.3": observation_mix(rest16, pre16, 0.3),
-                 "gtcrn": gtcrn_for_asr(pre16)}
-        decoded = bench._decode_views(views, options, dict(fresh.speeds))
+        views = {"denoised": den16, "mix0.3": observation_mix(rest16, pre16, 0.3), "gtcrn": gtcrn_for_asr(pre16)}
+        decoded = {**bench._decode_views({"raw": raw16}, anchor, {}),
+                   **bench._decode_views(views, options, dict(fresh.speeds))}
         partial = dest.with_suffix(".partial")
         partial.write_text(json.dumps({name: transcript.to_dict() for name, transcript in decoded.items()}))
         partial.replace(dest)
@@ -209,6 +214,8 @@ def main() -> None:
     parser.add_argument("--shard", type=int, default=0, help="with --shards: which share of the items to decode")
     parser.add_argument("--shards", type=int, default=1, help="decode in this many processes, one per shard")
     parser.add_argument("--set", type=int, default=1, choices=sorted(SETS), help="which fresh set")
+    parser.add_argument("--no-fallback", action="store_true",
+                        help="decode the views with TranscribeOptions.temperature_fallback off (raw keeps it)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     (decode if args.command == "decode" else score)(args)
