@@ -27,7 +27,6 @@ Set 2's 400 items took 48 minutes in two processes (``--shards 2``) on a
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import sys
@@ -82,10 +81,7 @@ SETS = {
 
 
 def _rows(corpus: Path, fresh: FreshSet) -> list[dict]:
-    rows = sorted(
-        (r for r in csv.DictReader(open(corpus / "manifest.csv")) if r["category"] == "speech_clean" and r["transcript"].strip()),
-        key=lambda r: r["path"],
-    )
+    rows = bench.speech_rows(corpus)
     picked = sorted(np.random.default_rng(fresh.draw_seed).choice(len(rows), UTTERANCES, replace=False))
     return [rows[i] for i in picked]
 

@@ -76,6 +76,13 @@ def view_options(options: TranscribeOptions, view: str) -> TranscribeOptions:
                    quiet_input_dbfs=None if anchor else options.quiet_input_dbfs)
 
 
+def speech_rows(corpus: Path) -> list[dict]:
+    """The corpus manifest's clean read-speech rows that have a transcript, in path order."""
+    with open(corpus / "manifest.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["category"] == "speech_clean" and r["transcript"].strip()]
+    return sorted(rows, key=lambda r: r["path"])
+
+
 def pick_rows(rows: list, n: int, holdout_of: int = 0) -> list:
     """``n`` rows spread evenly over ``rows``; with ``holdout_of``, only from the rows a pick of that many leaves out."""
     if holdout_of:
@@ -197,10 +204,7 @@ def main() -> None:
     if args.flags_only:
         _write(args, _flag_rate(corpus, args.flag_minutes, TranscribeOptions(model=args.model, device=args.device)))
         return
-    rows = sorted(
-        (r for r in csv.DictReader(open(corpus / "manifest.csv")) if r["category"] == "speech_clean" and r["transcript"].strip()),
-        key=lambda r: r["path"],
-    )
+    rows = speech_rows(corpus)
     if args.all_but_tuning:
         tuning = {r["path"] for r in pick_rows(rows, *TUNING_SET)}
         rows = [r for r in rows if r["path"] not in tuning]
@@ -535,10 +539,7 @@ def _flag_rate(corpus: Path, minutes: float, options: TranscribeOptions) -> list
     """Flags per 5 minutes on clean read speech (utterances joined with 1 s pauses, decoded as long items)."""
     from archivox.tasks.hallucination import flag_counts
 
-    rows = sorted(
-        (r for r in csv.DictReader(open(corpus / "manifest.csv")) if r["category"] == "speech_clean" and r["transcript"].strip()),
-        key=lambda r: r["path"],
-    )
+    rows = speech_rows(corpus)
     pause = np.zeros(16_000, np.float32)
     items, current, total = [], [], 0.0
     for r in rows:
